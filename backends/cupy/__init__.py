@@ -1,0 +1,96 @@
+"""The CuPy backend: the reference functions of :mod:`refimpl` on ``cupy.ndarray``.
+
+Every op has the reference's name, positional order, keyword names and defaults; it takes
+``cupy.ndarray`` inputs (per-pair lengths included), computes on the current CUDA device in
+the input's dtype (float32 or float64) on the current stream, and returns CuPy arrays.
+Arrays of another kind are refused with a ``TypeError`` naming the argument (no silent
+copies). The hot loops are CUDA C kernels (``_kernels.py``): the Soft-DTW wavefronts (one
+thread block per DP, live anti-diagonals in shared memory) and the fused log-domain
+Sinkhorn half-iterations (online log-sum-exp, never forming ``(f - C)/eps``); costs are
+cuBLAS GEMMs with fused epilogues. Exact OT (``emd``, ``emd_grad``) is an explicit host
+solve (the reference on copies of the inputs), its results returned on the device.
+
+Importing this package imports CuPy and NumPy only: no CUDA context is created, nothing is
+compiled, no device memory is allocated. Kernels are compiled on first use (and cached by
+CuPy on disk).
+
+Besides the ops, the backend protocol of :mod:`backends`: ``NAME``, ``DTYPES``, ``asarray``,
+``to_numpy``, ``is_native``, ``synchronize``, ``reset_peak_memory``, ``peak_memory``,
+``describe``.
+"""
+
+from __future__ import annotations
+
+import cupy
+import numpy as np
+
+NAME = "cupy"
+DTYPES = ("float32", "float64")
+
+
+def asarray(a) -> cupy.ndarray:
+    """A NumPy array (or scalar) as a CuPy array on the current device, dtype kept (a copy)."""
+    return cupy.asarray(a)
+
+
+def to_numpy(x) -> np.ndarray:
+    """A CuPy array as a NumPy array (an explicit device-to-host copy)."""
+    return cupy.asnumpy(x)
+
+
+def is_native(x) -> bool:
+    """Whether ``x`` is a ``cupy.ndarray``."""
+    return isinstance(x, cupy.ndarray)
+
+
+def synchronize() -> None:
+    """Wait for the work queued on the current stream of the current device."""
+    cupy.cuda.get_current_stream().synchronize()
+
+
+def reset_peak_memory() -> None:
+    """Start a new high-water mark: release the default memory pool's cached free blocks.
+
+    The pool never returns a freed block to the driver by itself, so from here on its
+    ``total_bytes()`` only grows: it is the high-water mark of the bytes the pool holds
+    (live arrays included, e.g. inputs allocated before the reset)."""
+    synchronize()
+    cupy.get_default_memory_pool().free_all_blocks()
+
+
+def peak_memory() -> int:
+    """Bytes held by CuPy's default memory pool: its high-water mark since the last
+    :func:`reset_peak_memory` (an upper bound of the true peak when freed blocks could not be
+    reused for later, differently sized requests)."""
+    return int(cupy.get_default_memory_pool().total_bytes())
+
+
+def describe() -> str:
+    """The device in words, e.g. ``cupy 14.2.0, device 0 (NVIDIA H100 80GB HBM3, sm_90, CUDA 12.9)``."""
+    rt = cupy.cuda.runtime
+    dev = rt.getDevice()
+    props = rt.getDeviceProperties(dev)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    ver = rt.runtimeGetVersion()
+    return (f"cupy {cupy.__version__}, device {dev} ({name}, sm_{props['major']}{props['minor']}, "
+            f"CUDA {ver // 1000}.{(ver % 1000) // 10})")
+
+
+# The op modules import nothing from this package's namespace above; they are plain imports.
+from backends.cupy.ot import (  # noqa: E402
+    emd, emd_grad, pairwise_cost, sinkhorn, sinkhorn_cost, sinkhorn_cost_grad,
+    sinkhorn_divergence, sinkhorn_log,
+)
+from backends.cupy.softdtw import (  # noqa: E402
+    sdtw_cost, sdtw_cost_vjp, soft_dtw, soft_dtw_divergence, soft_dtw_divergence_grad,
+    soft_dtw_grad,
+)
+
+__all__ = [
+    "NAME", "DTYPES", "asarray", "to_numpy", "is_native", "synchronize", "reset_peak_memory",
+    "peak_memory", "describe",
+    "soft_dtw", "soft_dtw_grad", "sdtw_cost", "sdtw_cost_vjp", "soft_dtw_divergence",
+    "soft_dtw_divergence_grad",
+    "sinkhorn_log", "sinkhorn", "sinkhorn_cost", "sinkhorn_cost_grad", "sinkhorn_divergence",
+    "pairwise_cost", "emd", "emd_grad",
+]

@@ -1,0 +1,646 @@
+r"""CUDA C sources of the CuPy backend, their launch signatures, and a lazy kernel cache.
+
+Every kernel is a C++ template written once (``template <typename T>``, accumulation in
+``T``; the Soft-DTW diagonal offsets are always ``double``) and exported as two
+``extern "C"`` instantiations, ``<name>_f32`` and ``<name>_f64``, generated here from one
+signature table (:data:`TEMPLATES`). That table is also what :func:`launch` checks the
+arguments of every launch against (CuPy passes raw bytes to a kernel, so an ``int64`` where
+the kernel expects ``int`` would silently corrupt the parameter block), and what the CPU
+tests use to compile every source with NVRTC.
+
+Nothing is compiled, loaded or allocated at import: :func:`function` builds the
+``cupy.RawModule`` of a family on first use and caches it (CuPy also caches the cubin on
+disk). Public helpers:
+
+``kernel_sources()``  one :class:`KernelSource` per module: name, full source, NVRTC options,
+                      the exported kernel names (for the compile test)
+``function(name)``    the cached ``cupy.RawKernel`` of an exported kernel
+``launch(...)``       check the arguments against the signature, then launch
+``dynamic_smem_limit(kernel)``  how much dynamic shared memory one block of it may use
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# CuPy adds ``-arch=sm_XX`` for the current device and ``-ftz=true`` itself.
+OPTIONS = ("--std=c++17",)
+CUPY_IMPLICIT_OPTIONS = ("-ftz=true",)
+
+DTYPES = {"float32": ("float", "f32"), "float64": ("double", "f64")}
+
+# Fields of one Soft-DTW job (int64 each): element offset of the job's C[0, 0] (also of
+# E[0, 0]), the row stride of C and E, rows n, columns m, element offset of its Rt table,
+# element offset of its offsets. Must match RI_JOB_FIELDS below.
+JOB_FIELDS = 6
+
+# ----------------------------------------------------------------------------- sources
+
+_COMMON = r"""
+// ---------------------------------------------------------------- common helpers
+template <typename T> struct RiNum;
+template <> struct RiNum<float> {
+  static __device__ __forceinline__ float inf() { return __int_as_float(0x7f800000); }
+  static __device__ __forceinline__ float qnan() { return __int_as_float(0x7fc00000); }
+  static __device__ __forceinline__ float ex(float x) { return expf(x); }
+  static __device__ __forceinline__ float lg(float x) { return logf(x); }
+};
+template <> struct RiNum<double> {
+  static __device__ __forceinline__ double inf() { return __longlong_as_double(0x7ff0000000000000LL); }
+  static __device__ __forceinline__ double qnan() { return __longlong_as_double(0x7ff8000000000000LL); }
+  static __device__ __forceinline__ double ex(double x) { return exp(x); }
+  static __device__ __forceinline__ double lg(double x) { return log(x); }
+};
+
+__device__ __forceinline__ int ri_imin(int a, int b) { return a < b ? a : b; }
+__device__ __forceinline__ int ri_imax(int a, int b) { return a > b ? a : b; }
+
+// finite: false for +-inf and NaN
+template <typename T>
+__device__ __forceinline__ bool ri_finite(T v) { return v < RiNum<T>::inf() && -v < RiNum<T>::inf(); }
+
+// The block's dynamic shared memory (declared as double for 8-byte alignment).
+__device__ __forceinline__ double* ri_dynamic_smem() {
+  extern __shared__ double ri_dyn_smem[];
+  return ri_dyn_smem;
+}
+"""
+
+_SOFTDTW = r"""
+// ---------------------------------------------------------------- Soft-DTW (softdtw.md sec. 10)
+//
+// One block per job (one DP). A job is n x m cells of C (row stride ld). The kernel works in
+// the oriented frame (s, l): s runs along the shorter side S = min(n, m), l along the longer
+// side L = max(n, m); (s, l) = (i, j) when n <= m and (j, i) otherwise, so a diagonal
+// q = s + l = i + j has at most S cells and the three live diagonals need 3 S words.
+// sdtw(C^T) = sdtw(C) and the widened band (sec. 7) is symmetric under the swap: in the
+// oriented frame a cell is allowed iff -r <= l - s <= (L - S) + r.
+//
+// Rt is stored once per cell in a compact diagonal-major table: diagonal q occupies
+// len(q) = min(q + 1, S, S + L - 1 - q) consecutive words starting at diag_start(q), and cell
+// (s, q - s) sits at diag_start(q) + s - max(0, q - (L - 1)). Diagonal writes are coalesced and
+// the table has exactly n * m words (cells outside the band are never written nor read).
+// Offsets: offs[p] for p = q + 2 (1-based diagonal index p = i + j), offs[0] = offs[1] = 0;
+// the stored value of a cell is Rt = R - offs[q + 2].
+
+#define RI_JOB_FIELDS 6
+
+struct RiGeom {
+  int S, L, r;          // short side, long side, band radius (< 0: no band)
+  long long cs, cl;     // element strides of s and l in C and E
+  __device__ __forceinline__ RiGeom(long long n, long long m, long long ld, int band) {
+    if (n <= m) { S = (int)n; L = (int)m; cs = ld; cl = 1; }
+    else        { S = (int)m; L = (int)n; cs = 1;  cl = ld; }
+    r = band;
+  }
+  __device__ __forceinline__ bool valid(int s, int l) const {
+    if (s < 0 || l < 0 || s >= S || l >= L) return false;
+    if (r < 0) return true;
+    const int d = l - s;
+    return d >= -r && d <= (L - S) + r;
+  }
+  __device__ __forceinline__ int grid_lo(int q) const { return ri_imax(0, q - (L - 1)); }
+  // first and last s of diagonal q inside the grid and the band (lo > hi: empty diagonal)
+  __device__ __forceinline__ int lo(int q) const {
+    int a = grid_lo(q);
+    if (r >= 0) a = ri_imax(a, (q - (L - S) - r + 1) >> 1);   // ceil((q - (L-S) - r) / 2)
+    return a;
+  }
+  __device__ __forceinline__ int hi(int q) const {
+    int b = ri_imin(S - 1, q);
+    if (r >= 0) b = ri_imin(b, (q + r) >> 1);                   // floor((q + r) / 2)
+    return b;
+  }
+  __device__ __forceinline__ long long diag_start(int q) const {
+    const long long s = S, l = L, qq = q;
+    if (qq <= s) return qq * (qq + 1) / 2;
+    if (qq <= l - 1) return s * (s + 1) / 2 + (qq - s) * s;
+    const long long t = s + l - 1 - qq;
+    return s * l - t * (t + 1) / 2;
+  }
+  // index of cell (s, q - s) in the job's Rt table is base(q) + s
+  __device__ __forceinline__ long long base(int q) const { return diag_start(q) - grid_lo(q); }
+  __device__ __forceinline__ long long at(int s, int l) const {
+    return (long long)s * cs + (long long)l * cl;
+  }
+};
+
+// softmin_g(a, b, c) = r - g log sum exp(-(x - r)/g), r = min; +inf if every entry is +inf;
+// NaN propagates.
+template <typename T>
+__device__ __forceinline__ T ri_softmin3(T a, T b, T c, T gamma, T ginv) {
+  T r = a < b ? a : b;
+  r = r < c ? r : c;
+  if (!(r < RiNum<T>::inf())) return a + b + c;
+  const T z = RiNum<T>::ex((r - a) * ginv) + RiNum<T>::ex((r - b) * ginv) + RiNum<T>::ex((r - c) * ginv);
+  return r - gamma * RiNum<T>::lg(z);
+}
+
+// Normalised softmin weight of predecessor K among (u0, u1, u2) (sec. 3); 0 if all are +inf.
+template <int K, typename T>
+__device__ __forceinline__ T ri_weight(T u0, T u1, T u2, T ginv) {
+  T r = u0 < u1 ? u0 : u1;
+  r = r < u2 ? r : u2;
+  if (!(r < RiNum<T>::inf())) return (T)0;
+  const T w0 = RiNum<T>::ex((r - u0) * ginv);
+  const T w1 = RiNum<T>::ex((r - u1) * ginv);
+  const T w2 = RiNum<T>::ex((r - u2) * ginv);
+  const T wk = K == 0 ? w0 : (K == 1 ? w1 : w2);
+  return wk / (w0 + w1 + w2);
+}
+
+// Forward wavefront. Live diagonals q, q-1, q-2 rotate through three slots of `ring` words:
+// in dynamic shared memory, or (use_scratch) in global scratch + job * 3 * ring (same code).
+// store != 0: write Rt (compact table) and the offsets for the backward.
+template <typename T>
+__device__ __forceinline__ void sdtw_fwd(const T* __restrict__ C, const long long* __restrict__ jobs,
+                                         int njobs, int band, T gamma, int store,
+                                         T* __restrict__ rt, double* __restrict__ offs,
+                                         double* __restrict__ values, int use_scratch, T* scratch,
+                                         int ring) {
+  const int job = blockIdx.x;
+  if (job >= njobs) return;
+  const long long* jb = jobs + (long long)job * RI_JOB_FIELDS;
+  const RiGeom g(jb[2], jb[3], jb[1], band);
+  const T* __restrict__ c = C + jb[0];
+  T* ringbuf = use_scratch ? scratch + (long long)job * 3 * ring
+                           : reinterpret_cast<T*>(ri_dynamic_smem());
+  __shared__ double s_off[2];
+  const T inf = RiNum<T>::inf();
+  const T ginv = (T)1 / gamma;
+  const int nd = g.S + g.L - 1;
+  const long long den = 2LL * (g.S + g.L);
+  double o1 = 0.0, o2 = 0.0;            // offsets of diagonals q-1 and q-2 (virtual ones: 0)
+  if (store && threadIdx.x == 0) { offs[jb[5]] = 0.0; offs[jb[5] + 1] = 0.0; }
+  int k0 = 0, k1 = 2, k2 = 1;           // ring slots of diagonals q, q-1, q-2
+  for (int q = 0; q < nd; ++q) {
+    const double oq = (q == 0) ? 0.0 : s_off[q & 1];
+    const T d1 = (T)(o1 - oq), d2 = (T)(o2 - oq);   // frame shifts, float64 then cast once
+    T* cur = ringbuf + k0 * ring;
+    const T* pr1 = ringbuf + k1 * ring;
+    const T* pr2 = ringbuf + k2 * ring;
+    const int lo = g.lo(q), hi = g.hi(q);
+    // The offset of diagonal q+1 is the absolute R of the cell of diagonal q nearest the
+    // scaled main diagonal (s ~ q S / (S + L)); if it is not finite, the offset is kept.
+    int star = -1;
+    if (lo <= hi) {
+      const long long t = (2LL * q * g.S + (g.S + g.L)) / den;
+      star = (int)(t < lo ? lo : (t > hi ? hi : t));
+    } else if (threadIdx.x == 0) {
+      s_off[(q + 1) & 1] = oq;        // empty diagonal (band r = 0 on odd q): keep the offset
+    }
+    const long long rbase = store ? jb[4] + g.base(q) : 0;
+    for (int s = lo + (int)threadIdx.x; s <= hi; s += (int)blockDim.x) {
+      const int l = q - s;
+      const T a = (s == 0 && l == 0) ? (T)(-oq)                       // R[0, 0] = 0
+                  : (g.valid(s - 1, l - 1) ? pr2[s - 1] + d2 : inf);
+      const T b = g.valid(s - 1, l) ? pr1[s - 1] + d1 : inf;
+      const T cc = g.valid(s, l - 1) ? pr1[s] + d1 : inf;
+      const T v = c[g.at(s, l)] + ri_softmin3(a, b, cc, gamma, ginv);
+      cur[s] = v;
+      if (store) rt[rbase + s] = v;
+      if (s == star) s_off[(q + 1) & 1] = ri_finite(v) ? oq + (double)v : oq;
+      if (q == nd - 1) values[job] = oq + (double)v;   // the end cell is alone on its diagonal
+    }
+    if (store && threadIdx.x == 0) offs[jb[5] + q + 2] = oq;
+    __syncthreads();
+    o2 = o1;
+    o1 = oq;
+    const int kt = k2; k2 = k1; k1 = k0; k0 = kt;   // slots of q+1, q, q-1
+  }
+}
+
+// Backward (reverse wavefront, sec. 3 and 8.2): E of a cell = sum over its valid successors t
+// of pi_t(cell) E[t], the normalised weights rebuilt from the stored Rt of t's three
+// predecessors (diagonals q-1, q, q+1, shifted into the frame of diagonal q); no C read.
+// Live E diagonals q, q+1, q+2 rotate through the ring like the forward. E (pre-zeroed, the
+// layout of C) receives every in-band cell of the valid block.
+template <typename T>
+__device__ __forceinline__ void sdtw_bwd(const T* __restrict__ rt, const double* __restrict__ offs,
+                                         const long long* __restrict__ jobs, int njobs, int band,
+                                         T gamma, const double* __restrict__ values,
+                                         T* __restrict__ E, int use_scratch, T* scratch, int ring) {
+  const int job = blockIdx.x;
+  if (job >= njobs) return;
+  const long long* jb = jobs + (long long)job * RI_JOB_FIELDS;
+  const RiGeom g(jb[2], jb[3], jb[1], band);
+  T* __restrict__ e = E + jb[0];
+  const T* __restrict__ r = rt + jb[4];
+  const double* __restrict__ o = offs + jb[5];
+  const double val = values[job];
+  if (val != val) {                     // NaN value: the whole valid block is NaN (reference)
+    const long long n = jb[2], m = jb[3], ld = jb[1];
+    for (long long k = threadIdx.x; k < n * m; k += blockDim.x) e[(k / m) * ld + k % m] = RiNum<T>::qnan();
+    return;
+  }
+  if (!(val < RiNum<double>::inf())) return;   // +inf: no finite path, E stays 0
+  T* ringbuf = use_scratch ? scratch + (long long)job * 3 * ring
+                           : reinterpret_cast<T*>(ri_dynamic_smem());
+  const T inf = RiNum<T>::inf();
+  const T ginv = (T)1 / gamma;
+  const int nd = g.S + g.L - 1;
+  int k0 = (nd - 1) % 3, k1 = nd % 3, k2 = (nd + 1) % 3;   // ring slots of q, q+1, q+2
+  for (int q = nd - 1; q >= 0; --q) {
+    const double oq = o[q + 2];
+    const T e1 = q >= 1 ? (T)(o[q + 1] - oq) : (T)0;       // frame shift of diagonal q-1
+    const T e2 = q + 1 < nd ? (T)(o[q + 3] - oq) : (T)0;   // frame shift of diagonal q+1
+    const long long bq = g.base(q);
+    const long long bm = q >= 1 ? g.base(q - 1) : 0;
+    const long long bp = q + 1 < nd ? g.base(q + 1) : 0;
+    T* cur = ringbuf + k0 * ring;
+    const T* nx1 = ringbuf + k1 * ring;
+    const T* nx2 = ringbuf + k2 * ring;
+    const int lo = g.lo(q), hi = g.hi(q);
+    for (int s = lo + (int)threadIdx.x; s <= hi; s += (int)blockDim.x) {
+      const int l = q - s;
+      T acc;
+      if (q == nd - 1) {
+        acc = (T)1;                                      // E[n, m] = 1
+      } else {
+        const T x = r[bq + s];
+        acc = (T)0;
+        if (g.valid(s + 1, l)) {        // successor (s+1, l); its predecessors (s, l-1), (s, l), (s+1, l-1)
+          const T et = nx1[s + 1];
+          if (et != (T)0) {
+            const T u0 = g.valid(s, l - 1) ? r[bm + s] + e1 : inf;
+            const T u2 = g.valid(s + 1, l - 1) ? r[bq + s + 1] : inf;
+            acc += et * ri_weight<1>(u0, x, u2, ginv);
+          }
+        }
+        if (g.valid(s, l + 1)) {        // successor (s, l+1); its predecessors (s-1, l), (s, l), (s-1, l+1)
+          const T et = nx1[s];
+          if (et != (T)0) {
+            const T u0 = g.valid(s - 1, l) ? r[bm + s - 1] + e1 : inf;
+            const T u2 = g.valid(s - 1, l + 1) ? r[bq + s - 1] : inf;
+            acc += et * ri_weight<1>(u0, x, u2, ginv);
+          }
+        }
+        if (g.valid(s + 1, l + 1)) {    // successor (s+1, l+1); its predecessors (s, l), (s, l+1), (s+1, l)
+          const T et = nx2[s + 1];
+          if (et != (T)0) {
+            const T u1 = g.valid(s, l + 1) ? r[bp + s] + e2 : inf;
+            const T u2 = g.valid(s + 1, l) ? r[bp + s + 1] + e2 : inf;
+            acc += et * ri_weight<0>(x, u1, u2, ginv);
+          }
+        }
+      }
+      cur[s] = acc;
+      e[g.at(s, l)] = acc;
+    }
+    __syncthreads();
+    const int kt = k2; k2 = k1; k1 = k0; k0 = kt;   // slots of q-1, q, q+1
+  }
+}
+"""
+
+_COSTS = r"""
+// ---------------------------------------------------------------- cost epilogues (after a GEMM)
+// c holds the (nbatch, n, m) products x_i . y_j (contiguous). Rows r = b * n + i are walked
+// by blockIdx.y (grid-stride), columns by blockIdx.x * blockDim.x + threadIdx.x.
+
+// c <- scale * max(xx_i + yy_j - 2 c, 0), NaN kept (squared Euclidean through a GEMM)
+template <typename T>
+__device__ __forceinline__ void cost_sq(T* __restrict__ c, const T* __restrict__ xx,
+                                        const T* __restrict__ yy, int n, int m, long long nbatch,
+                                        T scale) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= m) return;
+  for (long long row = blockIdx.y; row < nbatch * n; row += gridDim.y) {
+    const long long b = row / n;
+    const long long k = row * m + j;
+    const T t = xx[row] + yy[b * m + j] - (T)2 * c[k];
+    c[k] = scale * ((t > (T)0 || t != t) ? t : (T)0);
+  }
+}
+
+// c <- 1 - c, clipped to [0, 2] when clip != 0, NaN kept (cosine cost of unit vectors)
+template <typename T>
+__device__ __forceinline__ void cost_cos(T* __restrict__ c, int n, int m, long long nbatch, int clip) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= m) return;
+  for (long long row = blockIdx.y; row < nbatch * n; row += gridDim.y) {
+    const long long k = row * m + j;
+    T t = (T)1 - c[k];
+    if (clip) t = t < (T)0 ? (T)0 : (t > (T)2 ? (T)2 : t);
+    c[k] = t;
+  }
+}
+"""
+
+_OT = r"""
+// ---------------------------------------------------------------- log-domain Sinkhorn (ot.md sec. 2, 6)
+// State (u, v) = (f / eps, g / eps) = POT's (log_u, log_v); C is (nbatch, n, m) contiguous.
+// Online log-sum-exp: (mx, s) stands for log(s) + mx; x = -inf terms are skipped.
+
+template <typename T>
+__device__ __forceinline__ void ri_lse_push(T& mx, T& s, T x) {
+  if (x > mx) { s = s * RiNum<T>::ex(mx - x) + (T)1; mx = x; }
+  else if (mx > -RiNum<T>::inf()) s += RiNum<T>::ex(x - mx);
+}
+
+template <typename T>
+__device__ __forceinline__ void ri_lse_merge(T& mx, T& s, T mx2, T s2) {
+  if (mx2 > mx) { s = s * RiNum<T>::ex(mx - mx2) + s2; mx = mx2; }
+  else if (mx2 > -RiNum<T>::inf()) s += s2 * RiNum<T>::ex(mx2 - mx);
+}
+
+// Column pass: lse_j = LSE_i(u_i - C_ij / eps) for every column j of every problem.
+// blockDim = (32, R): threadIdx.x is the column (a warp reads 32 consecutive words of a row),
+// threadIdx.y strides over the rows; the R partial (max, sum) pairs merge in shared memory.
+// mode 0: v_j = log b_j - lse_j (the g update).
+// mode 1: err2[b] += (exp(v_j + lse_j) - b_j)^2, the column-marginal error of the current
+//         (u, v) (P^T 1 = exp(v_j) sum_i exp(u_i - C_ij/eps)); err2 is pre-zeroed, float64.
+// logb / bw have a batch stride of 0 (shared weights) or m.
+template <typename T>
+__device__ __forceinline__ void sk_col(const T* __restrict__ C, const T* __restrict__ u,
+                                       T* __restrict__ v, const T* __restrict__ logb,
+                                       long long logb_stride, const T* __restrict__ bw,
+                                       long long bw_stride, T inv_eps, int n, int m, int nbatch,
+                                       int mode, double* __restrict__ err2) {
+  __shared__ T s_mx[32 * 32];
+  __shared__ T s_s[32 * 32];
+  const int tx = threadIdx.x, ty = threadIdx.y, R = blockDim.y;
+  const int j = blockIdx.x * 32 + tx;
+  for (long long bz = blockIdx.y; bz < nbatch; bz += gridDim.y) {
+    const T* __restrict__ cb = C + bz * n * (long long)m;
+    const T* __restrict__ ub = u + bz * n;
+    T mx = -RiNum<T>::inf(), s = (T)0;
+    if (j < m) {
+#pragma unroll 4
+      for (int i = ty; i < n; i += R) ri_lse_push(mx, s, ub[i] - cb[(long long)i * m + j] * inv_eps);
+    }
+    s_mx[ty * 32 + tx] = mx;
+    s_s[ty * 32 + tx] = s;
+    __syncthreads();
+    if (ty == 0 && j < m) {
+      for (int k = 1; k < R; ++k) ri_lse_merge(mx, s, s_mx[k * 32 + tx], s_s[k * 32 + tx]);
+      const T lse = mx + RiNum<T>::lg(s);
+      if (mode == 0) {
+        v[bz * m + j] = logb[bz * logb_stride + j] - lse;
+      } else {
+        const double d = (double)(RiNum<T>::ex(v[bz * m + j] + lse) - bw[bz * bw_stride + j]);
+        atomicAdd(err2 + bz, d * d);
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// Row pass (the f update): u_i = log a_i - LSE_j(v_j - C_ij / eps), one warp per row (lanes
+// read consecutive words), (max, sum) merged by xor shuffles. blockDim.x is a multiple of 32.
+template <typename T>
+__device__ __forceinline__ void sk_row(const T* __restrict__ C, T* __restrict__ u,
+                                       const T* __restrict__ v, const T* __restrict__ loga,
+                                       long long loga_stride, T inv_eps, int n, int m, int nbatch) {
+  const int lane = threadIdx.x & 31;
+  const int i = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (i >= n) return;                   // the whole warp leaves together
+  for (long long bz = blockIdx.y; bz < nbatch; bz += gridDim.y) {
+    const T* __restrict__ crow = C + (bz * n + i) * (long long)m;
+    const T* __restrict__ vb = v + bz * m;
+    T mx = -RiNum<T>::inf(), s = (T)0;
+#pragma unroll 4
+    for (int j = lane; j < m; j += 32) ri_lse_push(mx, s, vb[j] - crow[j] * inv_eps);
+    for (int off = 16; off > 0; off >>= 1) {
+      const T mx2 = __shfl_xor_sync(0xffffffffu, mx, off);
+      const T s2 = __shfl_xor_sync(0xffffffffu, s, off);
+      ri_lse_merge(mx, s, mx2, s2);
+    }
+    if (lane == 0) u[bz * n + i] = loga[bz * loga_stride + i] - (mx + RiNum<T>::lg(s));
+  }
+}
+
+// Linear cost <P, C> per problem without forming P: one warp per row sums
+// P_ij C_ij over P_ij > 0 (so a +inf cost, where P = 0, adds 0), then out[b] += row sum
+// (float64 atomics; out pre-zeroed).
+template <typename T>
+__device__ __forceinline__ void sk_linear(const T* __restrict__ C, const T* __restrict__ u,
+                                          const T* __restrict__ v, T inv_eps, int n, int m,
+                                          int nbatch, double* __restrict__ out) {
+  const int lane = threadIdx.x & 31;
+  const int i = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (i >= n) return;
+  for (long long bz = blockIdx.y; bz < nbatch; bz += gridDim.y) {
+    const T* __restrict__ crow = C + (bz * n + i) * (long long)m;
+    const T* __restrict__ vb = v + bz * m;
+    const T ui = u[bz * n + i];
+    T acc = (T)0;
+    for (int j = lane; j < m; j += 32) {
+      const T c = crow[j];
+      const T p = RiNum<T>::ex(ui + vb[j] - c * inv_eps);
+      if (p > (T)0) acc += p * c;
+    }
+    for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    if (lane == 0) atomicAdd(out + bz, (double)acc);
+  }
+}
+
+// flag <- 1 if any x[k] is NaN (a validation reduction that allocates nothing of x's size)
+template <typename T>
+__device__ __forceinline__ void any_nan(const T* __restrict__ x, long long size, int* __restrict__ flag) {
+  const long long stride = (long long)gridDim.x * blockDim.x;
+  for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < size; k += stride) {
+    if (x[k] != x[k]) { *flag = 1; return; }
+  }
+}
+
+// Plan: P_ij = exp(u_i + v_j - C_ij / eps); rows by blockIdx.y (grid-stride), columns by x.
+template <typename T>
+__device__ __forceinline__ void sk_plan(const T* __restrict__ C, const T* __restrict__ u,
+                                        const T* __restrict__ v, T* __restrict__ P, T inv_eps,
+                                        int n, int m, long long nbatch) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= m) return;
+  for (long long row = blockIdx.y; row < nbatch * n; row += gridDim.y) {
+    const long long k = row * m + j;
+    P[k] = RiNum<T>::ex(u[row] + v[(row / n) * m + j] - C[k] * inv_eps);
+  }
+}
+"""
+
+
+@dataclass(frozen=True)
+class Template:
+    """One kernel template: the module it lives in, its name and its parameters as
+    ``(C type with T, name)``; ``T`` becomes ``float`` / ``double`` per instantiation."""
+
+    module: str
+    name: str
+    params: tuple[tuple[str, str], ...]
+
+
+TEMPLATES = (
+    Template("softdtw", "sdtw_fwd", (
+        ("const T*", "C"), ("const long long*", "jobs"), ("int", "njobs"), ("int", "band"),
+        ("T", "gamma"), ("int", "store"), ("T*", "rt"), ("double*", "offs"), ("double*", "values"),
+        ("int", "use_scratch"), ("T*", "scratch"), ("int", "ring"))),
+    Template("softdtw", "sdtw_bwd", (
+        ("const T*", "rt"), ("const double*", "offs"), ("const long long*", "jobs"),
+        ("int", "njobs"), ("int", "band"), ("T", "gamma"), ("const double*", "values"),
+        ("T*", "E"), ("int", "use_scratch"), ("T*", "scratch"), ("int", "ring"))),
+    Template("costs", "cost_sq", (
+        ("T*", "c"), ("const T*", "xx"), ("const T*", "yy"), ("int", "n"), ("int", "m"),
+        ("long long", "nbatch"), ("T", "scale"))),
+    Template("costs", "cost_cos", (
+        ("T*", "c"), ("int", "n"), ("int", "m"), ("long long", "nbatch"), ("int", "clip"))),
+    Template("ot", "sk_col", (
+        ("const T*", "C"), ("const T*", "u"), ("T*", "v"), ("const T*", "logb"),
+        ("long long", "logb_stride"), ("const T*", "bw"), ("long long", "bw_stride"),
+        ("T", "inv_eps"), ("int", "n"), ("int", "m"), ("int", "nbatch"), ("int", "mode"),
+        ("double*", "err2"))),
+    Template("ot", "sk_row", (
+        ("const T*", "C"), ("T*", "u"), ("const T*", "v"), ("const T*", "loga"),
+        ("long long", "loga_stride"), ("T", "inv_eps"), ("int", "n"), ("int", "m"),
+        ("int", "nbatch"))),
+    Template("ot", "sk_linear", (
+        ("const T*", "C"), ("const T*", "u"), ("const T*", "v"), ("T", "inv_eps"), ("int", "n"),
+        ("int", "m"), ("int", "nbatch"), ("double*", "out"))),
+    Template("ot", "any_nan", (("const T*", "x"), ("long long", "size"), ("int*", "flag"))),
+    Template("ot", "sk_plan", (
+        ("const T*", "C"), ("const T*", "u"), ("const T*", "v"), ("T*", "P"), ("T", "inv_eps"),
+        ("int", "n"), ("int", "m"), ("long long", "nbatch"))),
+)
+
+_BODIES = {"softdtw": _SOFTDTW, "costs": _COSTS, "ot": _OT}
+MODULES = tuple(_BODIES)
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One exported kernel: ``<template>_<f32|f64>`` with its concrete parameters."""
+
+    name: str
+    module: str
+    dtype: str
+    params: tuple[tuple[str, str], ...]
+
+
+def _instantiate(t: Template, dtype: str) -> Kernel:
+    ctype, suffix = DTYPES[dtype]
+    params = tuple((" ".join(ctype if w == "T" else w for w in _split_type(ty)).replace(" *", "*"), nm)
+                   for ty, nm in t.params)
+    return Kernel(f"{t.name}_{suffix}", t.module, dtype, params)
+
+
+def _split_type(ty: str) -> list[str]:
+    """``"const T*"`` -> ``["const", "T", "*"]`` (so ``T`` is replaced as a whole word)."""
+    return ty.replace("*", " * ").split()
+
+
+KERNELS: dict[str, Kernel] = {k.name: k for k in (_instantiate(t, dt) for t in TEMPLATES
+                                                  for dt in DTYPES)}
+
+
+def kernel_name(template: str, dtype) -> str:
+    """``kernel_name("sdtw_fwd", "float32") == "sdtw_fwd_f32"``."""
+    return f"{template}_{DTYPES[np.dtype(dtype).name][1]}"
+
+
+def _wrapper(k: Kernel, template: str) -> str:
+    ctype = DTYPES[k.dtype][0]
+    decl = ", ".join(f"{ty} {nm}" for ty, nm in k.params)
+    call = ", ".join(nm for _, nm in k.params)
+    return (f'extern "C" __global__ void {k.name}({decl}) {{\n'
+            f"  {template}<{ctype}>({call});\n}}\n")
+
+
+def module_source(module: str) -> str:
+    """The full CUDA C++ source of one module: helpers, templates, ``extern "C"`` exports."""
+    if module not in _BODIES:
+        raise ValueError(f"unknown kernel module {module!r}; expected one of {MODULES}")
+    wrappers = "".join(_wrapper(KERNELS[f"{t.name}_{DTYPES[dt][1]}"], t.name)
+                       for t in TEMPLATES if t.module == module for dt in DTYPES)
+    banner = "\n// " + "-" * 64 + " exports\n"
+    return _COMMON + _BODIES[module] + banner + wrappers
+
+
+@dataclass(frozen=True)
+class KernelSource:
+    module: str
+    source: str
+    options: tuple[str, ...]
+    names: tuple[str, ...]
+
+
+def kernel_sources() -> list[KernelSource]:
+    """Every module this backend compiles: its source, the NVRTC options CuPy is given (CuPy
+    adds ``-arch`` and :data:`CUPY_IMPLICIT_OPTIONS`) and the exported kernel names."""
+    return [KernelSource(mod, module_source(mod), OPTIONS,
+                         tuple(k.name for k in KERNELS.values() if k.module == mod))
+            for mod in MODULES]
+
+
+# ----------------------------------------------------------------------------- runtime
+
+_MODULE_CACHE: dict[tuple[int, str], object] = {}
+_FUNCTION_CACHE: dict[tuple[int, str], object] = {}
+
+
+def function(name: str):
+    """The ``cupy.RawKernel`` of exported kernel ``name``, compiled on first use (per device)."""
+    import cupy
+
+    dev = cupy.cuda.runtime.getDevice()
+    key = (dev, name)
+    fn = _FUNCTION_CACHE.get(key)
+    if fn is None:
+        k = KERNELS[name]
+        mod = _MODULE_CACHE.get((dev, k.module))
+        if mod is None:
+            mod = cupy.RawModule(code=module_source(k.module), options=OPTIONS)
+            _MODULE_CACHE[(dev, k.module)] = mod
+        fn = mod.get_function(name)
+        _FUNCTION_CACHE[key] = fn
+    return fn
+
+
+_SCALARS = {"int": np.int32, "long long": np.int64, "float": np.float32, "double": np.float64}
+_POINTEES = {"int": np.int32, "long long": np.int64, "float": np.float32, "double": np.float64}
+
+
+def check_args(name: str, args: tuple, array_type) -> None:
+    """Refuse a launch whose arguments do not match the kernel's C signature exactly:
+    pointers need C-contiguous arrays of the pointee's dtype, scalars the NumPy scalar type of
+    the C type (``np.int32`` for ``int``, ...). A mismatch is a bug in this backend."""
+    k = KERNELS[name]
+    if len(args) != len(k.params):
+        raise TypeError(f"{name}: {len(args)} arguments for {len(k.params)} parameters")
+    for (ty, pname), a in zip(k.params, args):
+        if ty.endswith("*"):
+            pointee = ty[:-1].replace("const", "").strip()
+            if not isinstance(a, array_type):
+                raise TypeError(f"{name}: parameter {pname} ({ty}) got {type(a).__name__}")
+            if a.dtype != np.dtype(_POINTEES[pointee]) or not a.flags.c_contiguous:
+                raise TypeError(f"{name}: parameter {pname} ({ty}) got a "
+                                f"{'' if a.flags.c_contiguous else 'non-contiguous '}{a.dtype} array")
+        else:
+            if type(a) is not _SCALARS[ty]:
+                raise TypeError(f"{name}: parameter {pname} ({ty}) got {type(a).__name__}, "
+                                f"expected numpy.{_SCALARS[ty].__name__}")
+
+
+def launch(name: str, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
+    """Check ``args`` against the signature of ``name`` and launch it on the current stream."""
+    import cupy
+
+    check_args(name, args, cupy.ndarray)
+    function(name)(grid, block, args, shared_mem=int(shared_mem))
+
+
+def dynamic_smem_limit(name: str) -> int:
+    """Bytes of dynamic shared memory one block of kernel ``name`` may use on this device
+    (the opt-in per-block limit minus the kernel's static shared memory)."""
+    import cupy
+
+    rt = cupy.cuda.runtime
+    optin = rt.deviceGetAttribute(rt.cudaDevAttrMaxSharedMemoryPerBlockOptin, rt.getDevice())
+    return int(optin) - int(function(name).shared_size_bytes)
+
+
+def reserve_dynamic_smem(name: str, nbytes: int) -> None:
+    """Opt kernel ``name`` in to ``nbytes`` of dynamic shared memory (needed above 48 KB)."""
+    fn = function(name)
+    if nbytes > 48 * 1024 and fn.max_dynamic_shared_size_bytes < nbytes:
+        fn.max_dynamic_shared_size_bytes = int(nbytes)

@@ -1,0 +1,109 @@
+"""The Numba-CUDA backend: the reference functions of :mod:`refimpl` as ``@cuda.jit`` kernels.
+
+Every op has the reference's name, positional order, keyword names and defaults.
+
+Arrays
+    Inputs are CUDA arrays: Numba device arrays or any ``__cuda_array_interface__`` object
+    (CuPy arrays, CUDA torch tensors), viewed zero-copy. Outputs are Numba device arrays; when
+    the leading input of a call (``C``, ``X``, ``a``/``C`` ...) is a CuPy array or a torch
+    tensor, the outputs are returned as that kind through ``cupy.asarray`` /
+    ``torch.as_tensor`` — zero-copy views that keep the Numba allocation alive. Host arrays
+    (NumPy) are refused with a ``TypeError`` (no silent host round-trips); only the small
+    integer ``len_x``/``len_y`` of Soft-DTW may also be host arrays, since they are needed
+    on the host to build the job table anyway.
+
+Stream
+    Every kernel and copy goes to the CUDA *legacy default stream*, which is ordered after work
+    queued on the legacy and per-thread default streams (the default streams of torch and
+    CuPy). A CAI input produced on another stream is synchronised with that stream first.
+    Host reads are explicit and few: Soft-DTW reads the B lengths; Sinkhorn reads one small
+    status array per convergence check (none at all with ``tol=0``); ``emd``/``emd_grad`` are
+    an explicit host solve.
+
+Simulator
+    With ``NUMBA_ENABLE_CUDASIM=1`` the same kernels run in Numba's CUDA simulator (logic only,
+    tiny sizes; every CUDA thread is a Python thread, so launch geometries are kept small
+    there). Arrays are then the simulator's device arrays.
+
+Kernels are compiled lazily, one signature per dtype, on first use (seconds); importing this
+package compiles nothing and allocates nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _kernels as K
+from .ot import (EMDResult, SinkhornResult, emd, emd_grad, pairwise_cost, sinkhorn,  # noqa: F401
+                 sinkhorn_cost, sinkhorn_cost_grad, sinkhorn_divergence, sinkhorn_log)
+from .softdtw import (sdtw_cost, sdtw_cost_vjp, soft_dtw, soft_dtw_divergence,  # noqa: F401
+                      soft_dtw_divergence_grad, soft_dtw_grad)
+
+__all__ = [
+    "NAME", "DTYPES", "asarray", "to_numpy", "is_native", "synchronize", "reset_peak_memory",
+    "peak_memory", "describe",
+    "soft_dtw", "soft_dtw_grad", "sdtw_cost", "sdtw_cost_vjp", "soft_dtw_divergence",
+    "soft_dtw_divergence_grad",
+    "SinkhornResult", "EMDResult", "sinkhorn_log", "sinkhorn", "sinkhorn_cost",
+    "sinkhorn_cost_grad", "sinkhorn_divergence", "pairwise_cost", "emd", "emd_grad",
+]
+
+NAME = "numba_cuda"
+DTYPES = ("float32", "float64")
+
+
+def asarray(a):
+    """A NumPy array as a Numba device array (an explicit host-to-device copy), dtype kept."""
+    return K.upload(np.asarray(a))
+
+
+def to_numpy(x) -> np.ndarray:
+    """A native array as a NumPy array (an explicit device-to-host copy)."""
+    return K.to_numpy(x)
+
+
+def is_native(x) -> bool:
+    """Whether ``x`` is a CUDA array this backend takes: Numba device arrays, CuPy arrays, CUDA
+    torch tensors (any ``__cuda_array_interface__`` object); the simulator's device arrays
+    when simulating."""
+    return K.is_native(x)
+
+
+def synchronize() -> None:
+    """Wait for all queued work of the current CUDA context (no-op in the simulator)."""
+    from numba import cuda
+
+    cuda.synchronize()
+
+
+def reset_peak_memory() -> None:
+    """Restart the high-water mark of :func:`peak_memory` from the bytes alive now."""
+    K.reset_peak()
+
+
+def peak_memory() -> int:
+    """High-water mark, in bytes, of the device arrays this backend allocated — arrays made by
+    :func:`asarray`, outputs and workspaces, each counted while referenced — since
+    :func:`reset_peak_memory`.
+
+    Numba has no allocator statistics, so this is what the backend can measure honestly: it
+    excludes arrays other libraries allocated (CuPy/torch inputs) and Numba's own small
+    internal allocations, and counts an array as freed when its last reference goes (Numba
+    may return the memory to the driver a little later)."""
+    return K.peak()
+
+
+def describe() -> str:
+    """The device in words, e.g. ``numba-cuda 0.30.4, NVIDIA H100 80GB HBM3 (cc 9.0)``."""
+    try:
+        from numba_cuda import __version__ as version
+    except ImportError:  # older layouts
+        from numba import __version__ as version
+    if K.simulator():
+        return f"numba-cuda {version}, CUDA simulator (NUMBA_ENABLE_CUDASIM=1)"
+    from numba import cuda
+
+    dev = cuda.get_current_device()
+    name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
+    cc = ".".join(str(c) for c in dev.compute_capability)
+    return f"numba-cuda {version}, {name} (cc {cc})"

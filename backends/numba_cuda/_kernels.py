@@ -1,0 +1,1201 @@
+"""The Numba-CUDA kernels of the ``numba_cuda`` backend, in one place, plus the host-side
+helpers that allocate device arrays and launch them.
+
+Nothing is compiled or allocated at import. Each kernel is a plain Python function built by a
+per-dtype factory (:func:`_build`), so that float constants have the kernel's dtype (a bare
+Python float literal would silently promote float32 arithmetic to float64). A kernel is
+compiled on first use by :func:`kernel` for exactly one signature per dtype; :func:`specs`
+lists every ``(name, python function, signatures)`` the backend launches, which the CPU test
+compiles to PTX for ``cc=(9, 0)`` without a GPU.
+
+Soft-DTW (``softdtw.md`` sec. 10)
+    *job* = one DP (pair b, matrix kind 0 = XY / 1 = XX / 2 = YY). One block per job; the
+    block's threads stride over the cells of the current anti-diagonal (no length cap).
+    The three live diagonals of the forward (and the seven contribution buffers of the
+    backward) live in dynamic shared memory when they fit under :data:`SHARED_BYTES`, else
+    in a global scratch array with the same code path. Rt = R - o_d is stored once per cell,
+    diagonal-major and compacted (diagonal d of an n x m job starts at ``dstart(d, n, m)``), with
+    one float64 offset o_d per diagonal (``softdtw.md`` sec. 8.3). The backward is the reverse
+    wavefront with normalised softmin weights rebuilt from the stored Rt (no C read): each
+    cell, once its E is known, computes its three predecessor weights once (2 exps + 1 exp(0))
+    and leaves ``weight * E`` in shared memory for the predecessors to gather.
+
+Entropic OT (``ot.md`` sec. 6)
+    One fused online-LSE kernel per half-iteration: the column update is one thread per
+    column looping over (a split of) the rows, the row update is ``lanes`` threads per row
+    (one warp on a GPU) reduced through shared memory; problems of a batch map to the last
+    grid axis. No (f - C)/eps matrix is ever written.
+
+Launches go to the CUDA *legacy default stream* (``cuda.default_stream()``), always.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import weakref
+
+import numpy as np
+from numba import cuda, float32, float64, int64  # noqa: F401 (types used in kernels)
+
+# --------------------------------------------------------------------------- tunables
+
+SDTW_BLOCK = 256          # threads per Soft-DTW job (strided over each diagonal)
+SHARED_BYTES = 48 * 1024  # dynamic shared memory a DP block may use before the global fallback
+TILE = 4 if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1" else 16
+#                         ^ tile edge of the pairwise-cost and VJP kernels (TILE x TILE threads;
+#                           small in the simulator, where every thread is a Python thread)
+OT_COL_BLOCK = 256        # threads (columns) per block of the Sinkhorn column kernels
+OT_ROW_LANES = 32         # threads per row of the Sinkhorn row kernels (a warp)
+OT_ROW_ROWS = 8           # rows per block of the Sinkhorn row kernels
+OT_COL_SPLIT = None       # force the number of row splits of the column kernels (None = auto)
+OT_MIN_SPLIT_ROWS = 64    # never split the rows of a column update finer than this
+RED_BLOCK = 256           # threads of the reduction kernels
+FILL_BLOCK = 256
+SIM_MAX_THREADS = 8       # in the simulator each CUDA thread is a Python thread: keep blocks small
+
+COS_EPS = 1e-8            # norm floor of the cosine costs (refimpl.softdtw.COS_EPS, refimpl.ot)
+
+#: Set to a list to record ``(name, dtype, argument numba types)`` of every launch (tests).
+RECORD: list | None = None
+
+
+def simulator() -> bool:
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
+
+
+# --------------------------------------------------------------------------- signatures
+
+# "{T}" is the float type of the kernel's dtype. Arrays the caller passes in use the "A"
+# layout ([:, :]) so any strides are accepted; arrays this backend allocates are C-contiguous.
+_SIGNATURES = {
+    "fill1d": "void({T}[::1], {T})",
+    "sdtw_forward": "void({T}[:, :, :], {T}[:, :, :], {T}[:, :, :], int64[:, ::1], {T}[::1], "
+                    "float64[::1], float64[::1], {T}[::1], {T}, int64, int64, int64)",
+    "sdtw_backward": "void({T}[:, :, ::1], {T}[:, :, ::1], {T}[:, :, ::1], int64[:, ::1], "
+                     "{T}[::1], float64[::1], float64[::1], {T}[::1], {T}, int64, int64, int64)",
+    "sdtw_combine": "void(float64[::1], {T}[::1], float64, float64, float64, int64)",
+    "row_norms": "void({T}[:, :, :], {T}[:, ::1], int64[::1])",
+    "pair_cost": "void({T}[:, :, :], {T}[:, :, :], {T}[:, :, :], {T}[:, :, :], {T}[:, ::1], "
+                 "{T}[:, ::1], {T}[:, :, ::1], int64[::1], int64[::1], int64, int64)",
+    "vjp_gemm": "void({T}[:, :, :], {T}[:, :, :], {T}[:, :, :], {T}[:, ::1], {T}[:, :, ::1], "
+                "int64[::1], int64[::1], int64, int64, {T}, int64)",
+    "cos_epilogue": "void({T}[:, :, :], {T}[:, ::1], {T}[:, :, ::1], int64[::1])",
+    "any_nan": "void({T}[:, :, :], int64[::1])",
+    "ot_prep": "void({T}[:, :], {T}[:, ::1], {T}, int64)",
+    "ot_col_lse": "void({T}[:, :, :], {T}[:, ::1], {T}[:, :], {T}[:, ::1], {T}[:, :, ::1], "
+                  "{T}[:, :, ::1], {T}, int64, int64)",
+    "ot_col_lse_finish": "void({T}[:, :, ::1], {T}[:, :, ::1], {T}[:, :], {T}[:, ::1], int64)",
+    "ot_row_lse": "void({T}[:, :, :], {T}[:, ::1], {T}[:, :], {T}[:, ::1], {T})",
+    "ot_col_ktu": "void({T}[:, :, :], {T}[:, ::1], {T}[:, :], {T}[:, ::1], {T}[:, :, ::1], {T}, "
+                  "int64, int64, float64[::1], float64)",
+    "ot_col_ktu_finish": "void({T}[:, :, ::1], {T}[:, :], {T}[:, ::1], int64, float64[::1], "
+                         "float64)",
+    "ot_row_kv": "void({T}[:, :, :], {T}[:, ::1], {T}[:, :], {T}[:, ::1], {T}, float64[::1], "
+                 "float64)",
+    "ot_colsum": "void({T}[:, :, :], {T}[:, ::1], {T}[:, ::1], {T}[:, :, ::1], {T}, int64, int64)",
+    "ot_err": "void({T}[:, :, ::1], {T}[:, :], float64[::1], {T}[::1])",
+    "ot_plan": "void({T}[:, :, :], {T}[:, ::1], {T}[:, ::1], {T}[:, :, ::1], {T}, int64)",
+    "ot_potential": "void({T}[:, ::1], {T}[:, ::1], {T}, int64)",
+    "ot_dual_value": "void({T}[:, :], {T}[:, ::1], {T}[:, :], {T}[:, ::1], {T}[::1])",
+    "ot_linear_value": "void({T}[:, :, :], {T}[:, :, ::1], {T}[::1])",
+    "ot_center": "void({T}[:, ::1], {T}[:, ::1])",
+    "ot_div_combine": "void({T}[::1], {T}[::1], {T}[::1], {T}[::1], int64)",
+}
+
+DTYPES = ("float32", "float64")
+
+#: Kernels whose float32 variants do float64 arithmetic on purpose (the per-diagonal offsets
+#: of softdtw.md sec. 8.3 and the float64 assembly of the value); all others stay in float32.
+FP64_BY_DESIGN = frozenset({"sdtw_forward", "sdtw_backward", "sdtw_combine"})
+
+
+def signature(name: str, dtype: str) -> str:
+    return _SIGNATURES[name].format(T=dtype)
+
+
+_FUNCS: dict[str, dict] = {}
+_COMPILED: dict[tuple[str, str], object] = {}
+
+
+def functions(dtype: str) -> dict:
+    """``{kernel name: python function}`` of one dtype (built once, not compiled)."""
+    if dtype not in _FUNCS:
+        _FUNCS[dtype] = _build(dtype)
+    return _FUNCS[dtype]
+
+
+def specs() -> list[tuple[str, object, tuple[str, ...]]]:
+    """Every kernel the backend launches: ``(name[dtype], python function, (signature,))``."""
+    out = []
+    for dtype in DTYPES:
+        funcs = functions(dtype)
+        for name in _SIGNATURES:
+            out.append((f"{name}[{dtype}]", funcs[name], (signature(name, dtype),)))
+    return out
+
+
+def kernel(name: str, dtype: str):
+    """The compiled kernel ``name`` for ``dtype`` (compiled on first use, then cached)."""
+    key = (name, dtype)
+    k = _COMPILED.get(key)
+    if k is None:
+        k = cuda.jit(signature(name, dtype))(functions(dtype)[name])
+        _COMPILED[key] = k
+    return k
+
+
+def stream():
+    """The one stream every launch and copy of this backend uses: the legacy default stream."""
+    return cuda.default_stream()
+
+
+def launch(name: str, dtype: str, grid, block, shared: int, *args) -> None:
+    """Launch ``name[dtype]`` on :func:`stream` with ``shared`` bytes of dynamic shared memory."""
+    if RECORD is not None:
+        from numba import typeof
+
+        RECORD.append((name, dtype, tuple(typeof(a) for a in args)))
+    kernel(name, dtype)[grid, block, stream(), shared](*args)
+
+
+def threads(work: int, cap: int) -> int:
+    """Threads for ``work`` independent items: a multiple of 32 up to ``cap`` on a GPU; in the
+    simulator at most :data:`SIM_MAX_THREADS` (each simulated thread is a Python thread)."""
+    work = max(int(work), 1)
+    if simulator():
+        return max(1, min(cap, work, SIM_MAX_THREADS))
+    return max(32, min(cap, -(-work // 32) * 32))
+
+
+def pow2_floor(x: int) -> int:
+    return 1 << (max(int(x), 1).bit_length() - 1)
+
+
+# --------------------------------------------------------------------------- device memory
+
+_LIVE = [0]
+_PEAK = [0]
+
+
+def _released(nbytes: int) -> None:
+    _LIVE[0] -= nbytes
+
+
+def _track(arr):
+    nbytes = int(arr.nbytes)
+    _LIVE[0] += nbytes
+    _PEAK[0] = max(_PEAK[0], _LIVE[0])
+    weakref.finalize(arr, _released, nbytes)
+    return arr
+
+
+def reset_peak() -> None:
+    _PEAK[0] = _LIVE[0]
+
+
+def peak() -> int:
+    return int(_PEAK[0])
+
+
+def empty(shape, dtype):
+    """An uninitialised device array allocated (and tracked) by this backend.
+
+    Arrays are not bound to a stream object (``stream=0``), so their
+    ``__cuda_array_interface__`` exports ``"stream": None`` (a bound default-stream object
+    would export the disallowed value 0); all work on them is on :func:`stream`."""
+    return _track(cuda.device_array(tuple(int(s) for s in shape), dtype=np.dtype(dtype)))
+
+
+def upload(host: np.ndarray):
+    """A host array copied to a new device array, asynchronously on :func:`stream` (pageable
+    memory is staged before the call returns, so the host buffer may be freed at once)."""
+    host = np.asarray(host)
+    if not host.flags.c_contiguous:
+        host = host.copy(order="C")
+    arr = empty(host.shape, host.dtype)
+    if host.size:
+        arr.copy_to_device(host, stream=stream())
+    return arr
+
+
+def fill(arr, value) -> None:
+    """Set every element of a C-contiguous float32/float64 device array to ``value``."""
+    flat = arr.reshape(-1)
+    size = int(flat.shape[0])
+    if size == 0:
+        return
+    dtype = np.dtype(arr.dtype).name
+    nt = threads(size, FILL_BLOCK)
+    launch("fill1d", dtype, (-(-size // nt),), (nt,), 0, flat, np.dtype(dtype).type(value))
+
+
+def zeros(shape, dtype):
+    arr = empty(shape, dtype)
+    fill(arr, 0.0)
+    return arr
+
+
+_DUMMIES: dict = {}
+
+
+def dummy(ndim: int, dtype: str):
+    """A 1-element array standing in for an unused kernel argument of that type."""
+    key = (ndim, dtype)
+    if key not in _DUMMIES:
+        _DUMMIES[key] = zeros((1,) * ndim, dtype)
+    return _DUMMIES[key]
+
+
+def tile(dtype: str) -> int:
+    """The tile edge the pairwise/VJP kernels of ``dtype`` were built with."""
+    return functions(dtype)["__tile__"]
+
+
+# --------------------------------------------------------------------------- array kinds
+
+KIND = ("CUDA arrays (__cuda_array_interface__: Numba device arrays, CuPy arrays, CUDA torch "
+        "tensors)")
+
+
+def is_native(x) -> bool:
+    """Numba device arrays and any ``__cuda_array_interface__`` object (CuPy arrays, CUDA torch
+    tensors); in the simulator, the simulator's device arrays."""
+    if simulator():
+        return bool(getattr(x, "__cuda_ndarray__", False))
+    try:
+        return hasattr(x, "__cuda_array_interface__")
+    except Exception:  # objects whose interface property raises for other reasons
+        return False
+
+
+def device(x):
+    """A Numba device-array view of a native array (zero-copy).
+
+    Numba arrays are returned as they are. Other ``__cuda_array_interface__`` objects are
+    wrapped; their producer stream is synchronised only when it is neither the legacy nor the
+    per-thread default stream (kernels here run on the legacy default stream, which is
+    already ordered after work on those two)."""
+    if x is None or simulator() or getattr(x, "__cuda_ndarray__", False):
+        return x
+    desc = x.__cuda_array_interface__
+    return cuda.as_cuda_array(x, sync=desc.get("stream") not in (None, 1, 2))
+
+
+def wrap(arr, like):
+    """Return ``arr`` (a Numba device array) as the array kind of ``like``, zero-copy:
+    CuPy arrays through ``cupy.asarray``, torch tensors through ``torch.as_tensor``."""
+    if arr is None or simulator():
+        return arr
+    mod = type(like).__module__.split(".")[0]
+    if mod == "cupy":
+        import cupy
+
+        return cupy.asarray(arr)
+    if mod == "torch":
+        import torch
+
+        return torch.as_tensor(arr, device=like.device)
+    return arr
+
+
+class _SimMeta:
+    """Shape/dtype stand-in for a simulator array in argument validation: the simulator's
+    ``FakeShape`` refuses negative indices, which the shared validators use."""
+
+    __slots__ = ("arr", "shape", "dtype")
+
+    def __init__(self, arr):
+        self.arr = arr
+        self.shape = tuple(int(s) for s in arr.shape)
+        self.dtype = arr.dtype
+
+
+def meta(x):
+    """What to hand to :mod:`refimpl._validate`: the array itself (a proxy in the simulator)."""
+    if simulator() and getattr(x, "__cuda_ndarray__", False):
+        return _SimMeta(x)
+    return x
+
+
+def unmeta(x):
+    return x.arr if isinstance(x, _SimMeta) else x
+
+
+def to_numpy(x) -> np.ndarray:
+    """Device-to-host copy of a native array; NumPy arrays and lists pass through."""
+    x = unmeta(x)
+    if x is None:
+        return None
+    if simulator():
+        return x.copy_to_host() if getattr(x, "__cuda_ndarray__", False) else np.asarray(x)
+    if getattr(x, "__cuda_ndarray__", False):
+        return x.copy_to_host()
+    if is_native(x):
+        return cuda.as_cuda_array(x, sync=True).copy_to_host()
+    return np.asarray(x)
+
+
+def lift3(x):
+    """A (1, n, m) view of a 2-D device array; 3-D arrays are returned unchanged."""
+    if x is None or len(x.shape) == 3:
+        return x
+    if simulator():
+        return x[None]
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+
+    lead = int(x.shape[0]) * int(x.strides[0]) or int(x.dtype.itemsize)
+    return DeviceNDArray(shape=(1,) + tuple(x.shape), strides=(lead,) + tuple(x.strides),
+                         dtype=x.dtype, stream=x.stream, gpu_data=x.gpu_data)
+
+
+def flatten_batch(x, core: int):
+    """View an array with any number of leading batch dims as (B, *last ``core`` dims).
+
+    Works without a copy when the batch dims are mergeable (always for contiguous arrays);
+    otherwise raises ValueError asking for a contiguous array."""
+    shape = tuple(int(s) for s in x.shape)
+    nb = len(shape) - core
+    if nb == 1:
+        return x
+    if nb == 0:
+        if core == 2:
+            return lift3(x)
+        if simulator():
+            return x.reshape((1,) + shape)
+        return _view(x, (1,) + shape, (int(x.dtype.itemsize),) + tuple(x.strides))
+    batch = int(np.prod(shape[:nb]))
+    strides = tuple(int(s) for s in x.strides)
+    for k in range(nb - 1):
+        if shape[k] > 1 and strides[k] != strides[k + 1] * shape[k + 1]:
+            raise ValueError(f"an array of shape {shape} with non-mergeable batch strides "
+                             f"{strides} cannot be viewed as one batch; pass a contiguous array")
+    new_shape = (batch,) + shape[nb:]
+    if simulator():
+        return x.reshape(new_shape)
+    lead = strides[nb - 1] if nb > 0 else int(x.dtype.itemsize)
+    return _view(x, new_shape, (lead,) + strides[nb:])
+
+
+def _view(x, shape, strides):
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+
+    return DeviceNDArray(shape=shape, strides=strides, dtype=x.dtype, stream=x.stream,
+                         gpu_data=x.gpu_data)
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+def _build(dtype: str) -> dict:
+    """The kernels of one dtype as plain Python functions (compiled later by :func:`kernel`)."""
+    DT = np.float32 if dtype == "float32" else np.float64
+    NB = float32 if dtype == "float32" else float64
+    INF = DT(np.inf)
+    NINF = DT(-np.inf)
+    NAN = DT(np.nan)
+    ZERO = DT(0.0)
+    ONE = DT(1.0)
+    TWO = DT(2.0)
+    EPS = DT(COS_EPS)
+    TS = TILE
+    TSP = TS + 1
+    MAXT = 1024  # static shared arrays of the reduction kernels hold one word per thread
+
+    # ------------------------------------------------------------------ device helpers
+
+    @cuda.jit(device=True, inline="always")
+    def dstart(d, n, m):
+        """Offset of anti-diagonal d in the compacted diagonal-major storage of an n x m DP."""
+        w = min(n, m)
+        v = max(n, m)
+        if d <= w:
+            return d * (d + 1) // 2
+        if d <= v:
+            return w * (w + 1) // 2 + (d - w) * w
+        k = n + m - 1 - d
+        return n * m - k * (k + 1) // 2
+
+    @cuda.jit(device=True, inline="always")
+    def softmin3(a, b, c, inv_g, g):
+        """``-g log(e^{-a/g} + e^{-b/g} + e^{-c/g})``, min-shifted; +inf if all are +inf."""
+        r = a
+        if b < r:
+            r = b
+        if c < r:
+            r = c
+        if r == INF:
+            return a + b + c  # +inf, or NaN when one of them is NaN
+        s = math.exp((r - a) * inv_g) + math.exp((r - b) * inv_g) + math.exp((r - c) * inv_g)
+        return r - g * math.log(s)
+
+    @cuda.jit(device=True, inline="always")
+    def cost_at(C0, C1, C2, kind, b, i, j):
+        if kind == 0:
+            return C0[b, i, j]
+        if kind == 1:
+            return C1[b, i, j]
+        return C2[b, i, j]
+
+    @cuda.jit(device=True, inline="always")
+    def store_e(E0, E1, E2, kind, b, i, j, e):
+        if kind == 0:
+            E0[b, i, j] = e
+        elif kind == 1:
+            E1[b, i, j] = e
+        else:
+            E2[b, i, j] = e
+
+    @cuda.jit(device=True, inline="always")
+    def band_range(d, n, m, lo, hi):
+        """First and last row i of anti-diagonal d inside the grid and the band lo <= j-i <= hi."""
+        i_a = max(0, d - m + 1)
+        i_b = min(d, n - 1)
+        # lo <= d - 2i <= hi  <=>  ceil((d - hi) / 2) <= i <= floor((d - lo) / 2); d - lo >= 0
+        x = d - hi
+        if x > 0:
+            i_a = max(i_a, (x + 1) // 2)
+        i_b = min(i_b, (d - lo) // 2)
+        return i_a, i_b
+
+    @cuda.jit(device=True, inline="always")
+    def sdtw_forward_job(buf, base, slot, C0, C1, C2, Rt, offs, vals, gamma, nbatch,
+                         b, kind, n, m, lo, hi, r_off, o_off):
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        inv_g = ONE / gamma
+        last = n + m - 2
+        o0 = 0.0  # float64 offsets o_d, o_{d-1}, o_{d-2} (every thread keeps the same copy)
+        o1 = 0.0
+        o2 = 0.0
+        if tid == 0:
+            offs[o_off] = 0.0
+        for d in range(last + 1):
+            s1 = DT(o1 - o0)
+            s2 = DT(o2 - o0)
+            ilo = max(0, d - m + 1)
+            ilo1 = max(0, d - m)
+            ilo2 = max(0, d - m - 1)
+            cur = base + (d % 3) * slot
+            prv = base + ((d + 2) % 3) * slot
+            pp = base + ((d + 1) % 3) * slot
+            st = r_off + dstart(d, n, m) - ilo
+            i_a, i_b = band_range(d, n, m, lo, hi)
+            i = i_a + tid
+            while i <= i_b:
+                j = d - i
+                c = cost_at(C0, C1, C2, kind, b, i, j)
+                if d == 0:
+                    r = c
+                else:
+                    up = INF
+                    left = INF
+                    diag = INF
+                    if i >= 1 and j - i + 1 <= hi:
+                        up = buf[prv + i - 1 - ilo1] + s1
+                    if j >= 1 and j - i - 1 >= lo:
+                        left = buf[prv + i - ilo1] + s1
+                    if i >= 1 and j >= 1:
+                        diag = buf[pp + i - 1 - ilo2] + s2
+                    r = c + softmin3(diag, up, left, inv_g, gamma)
+                buf[cur + i - ilo] = r
+                Rt[st + i] = r
+                i += nt
+            cuda.syncthreads()
+            if d < last:
+                # o_{d+1}: absolute R of the cell of diagonal d nearest the scaled main diagonal
+                k = (2 * d * (n - 1) + last) // (2 * last)
+                k = min(max(k, i_a), i_b)
+                v = buf[cur + k - ilo]
+                on = o0
+                if math.isfinite(v):
+                    on = o0 + np.float64(v)
+                o2 = o1
+                o1 = o0
+                o0 = on
+                if tid == 0:
+                    offs[o_off + d + 1] = on
+        if tid == 0:
+            v = buf[base + (last % 3) * slot]  # cell (n-1, m-1): first cell of the last diagonal
+            vals[kind * nbatch + b] = o0 + np.float64(v)
+
+    @cuda.jit(device=True, inline="always")
+    def sdtw_backward_job(buf, base, slot, E0, E1, E2, Rt, offs, vals, gamma, nbatch,
+                          b, kind, n, m, lo, hi, r_off, o_off):
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        inv_g = ONE / gamma
+        last = n + m - 2
+        value = vals[kind * nbatch + b]
+        if math.isnan(value):  # NaN inside the valid block propagates to all of E (reference)
+            t = tid
+            while t < n * m:
+                store_e(E0, E1, E2, kind, b, t // m, t % m, NAN)
+                t += nt
+            return
+        if math.isinf(value):  # no finite path: E = 0 (the output is pre-zeroed)
+            return
+        for d in range(last, -1, -1):
+            ilo = max(0, d - m + 1)
+            ilo_n1 = max(0, d - m + 2)
+            ilo_n2 = max(0, d - m + 3)
+            aw = base + (d % 2) * slot
+            ar = base + ((d + 1) % 2) * slot
+            bw = base + (2 + d % 2) * slot
+            br = base + (2 + (d + 1) % 2) * slot
+            cw = base + (4 + d % 3) * slot
+            cr = base + (4 + (d + 2) % 3) * slot
+            st1 = 0
+            st2 = 0
+            shift = ZERO
+            if d >= 1:
+                st1 = r_off + dstart(d - 1, n, m) - max(0, d - m)
+            if d >= 2:
+                st2 = r_off + dstart(d - 2, n, m) - max(0, d - m - 1)
+                shift = DT(offs[o_off + d - 2] - offs[o_off + d - 1])
+            i_a, i_b = band_range(d, n, m, lo, hi)
+            i = i_a + tid
+            while i <= i_b:
+                j = d - i
+                if d == last:
+                    e = ONE
+                else:
+                    e = ZERO
+                    if i + 1 < n and j - i - 1 >= lo:      # successor (i+1, j): its "up" weight
+                        e += buf[ar + i + 1 - ilo_n1]
+                    if j + 1 < m and j - i + 1 <= hi:      # successor (i, j+1): its "left" weight
+                        e += buf[br + i - ilo_n1]
+                    if i + 1 < n and j + 1 < m:            # successor (i+1, j+1): its "diag" weight
+                        e += buf[cr + i + 1 - ilo_n2]
+                store_e(E0, E1, E2, kind, b, i, j, e)
+                if d >= 1:
+                    ca = ZERO
+                    cb = ZERO
+                    cc = ZERO
+                    if e != ZERO:
+                        vu = INF
+                        vl = INF
+                        vd = INF
+                        if i >= 1 and j - i + 1 <= hi:
+                            vu = Rt[st1 + i - 1]
+                        if j >= 1 and j - i - 1 >= lo:
+                            vl = Rt[st1 + i]
+                        if i >= 1 and j >= 1:
+                            vd = Rt[st2 + i - 1] + shift
+                        r = vu
+                        if vl < r:
+                            r = vl
+                        if vd < r:
+                            r = vd
+                        if r != INF:
+                            wu = math.exp((r - vu) * inv_g)
+                            wl = math.exp((r - vl) * inv_g)
+                            wd = math.exp((r - vd) * inv_g)
+                            q = e / (wu + wl + wd)
+                            ca = wu * q
+                            cb = wl * q
+                            cc = wd * q
+                    buf[aw + i - ilo] = ca
+                    buf[bw + i - ilo] = cb
+                    buf[cw + i - ilo] = cc
+                i += nt
+            cuda.syncthreads()
+
+    # ------------------------------------------------------------------ Soft-DTW kernels
+
+    def fill1d(out, value):
+        i = cuda.grid(1)
+        if i < out.shape[0]:
+            out[i] = value
+
+    def sdtw_forward(C0, C1, C2, jobs, Rt, offs, vals, live, gamma, slot, use_shared, nbatch):
+        job = cuda.blockIdx.x
+        sh = cuda.shared.array(0, dtype=NB)
+        if use_shared != 0:
+            sdtw_forward_job(sh, 0, slot, C0, C1, C2, Rt, offs, vals, gamma, nbatch,
+                             jobs[job, 0], jobs[job, 1], jobs[job, 2], jobs[job, 3],
+                             jobs[job, 4], jobs[job, 5], jobs[job, 6], jobs[job, 7])
+        else:
+            sdtw_forward_job(live, job * 3 * slot, slot, C0, C1, C2, Rt, offs, vals, gamma, nbatch,
+                             jobs[job, 0], jobs[job, 1], jobs[job, 2], jobs[job, 3],
+                             jobs[job, 4], jobs[job, 5], jobs[job, 6], jobs[job, 7])
+
+    def sdtw_backward(E0, E1, E2, jobs, Rt, offs, vals, live, gamma, slot, use_shared, nbatch):
+        job = cuda.blockIdx.x
+        sh = cuda.shared.array(0, dtype=NB)
+        if use_shared != 0:
+            sdtw_backward_job(sh, 0, slot, E0, E1, E2, Rt, offs, vals, gamma, nbatch,
+                              jobs[job, 0], jobs[job, 1], jobs[job, 2], jobs[job, 3],
+                              jobs[job, 4], jobs[job, 5], jobs[job, 6], jobs[job, 7])
+        else:
+            sdtw_backward_job(live, job * 7 * slot, slot, E0, E1, E2, Rt, offs, vals, gamma,
+                              nbatch, jobs[job, 0], jobs[job, 1], jobs[job, 2], jobs[job, 3],
+                              jobs[job, 4], jobs[job, 5], jobs[job, 6], jobs[job, 7])
+
+    def sdtw_combine(vals, out, w0, w1, w2, nbatch):
+        """``out[b] = w0 v[0, b] + w1 v[1, b] + w2 v[2, b]`` in float64, zero weights skipped."""
+        b = cuda.grid(1)
+        if b < nbatch:
+            acc = 0.0
+            if w0 != 0.0:
+                acc += w0 * vals[b]
+            if w1 != 0.0:
+                acc += w1 * vals[nbatch + b]
+            if w2 != 0.0:
+                acc += w2 * vals[2 * nbatch + b]
+            out[b] = DT(acc)
+
+    # ------------------------------------------------------------------ costs and VJPs
+
+    def row_norms(X, nrm, lens):
+        """``nrm[b, i] = max(|x_i|, 1e-8)`` for valid rows, 1 for padded rows (never read)."""
+        i = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        b = cuda.blockIdx.y
+        if i < X.shape[1]:
+            if i < lens[b]:
+                s = ZERO
+                for k in range(X.shape[2]):
+                    x = X[b, i, k]
+                    s += x * x
+                nrm[b, i] = max(math.sqrt(s), EPS)
+            else:
+                nrm[b, i] = ONE
+
+    def pair_cost(X, Y, G, P, nx, ny, out, lenx, leny, mode, has_p):
+        """Tiled pairwise kernel, ``out`` (B, N, M) from X (B, N, d), Y (B, M, d).
+
+        mode 0: |x - y|^2; 1: clip(1 - xh.yh, 0, 2); 2: G * 1[0 <= 1 - xh.yh <= 2] (the cosine
+        VJP mask; may run in place, out is G); 3: |x - y|^2 / 2. ``+ P`` when has_p. Only
+        rows < lenx[b] and columns < leny[b] are read; other cells are written as 0."""
+        xs = cuda.shared.array((TS, TSP), dtype=NB)
+        ys = cuda.shared.array((TS, TSP), dtype=NB)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        b = cuda.blockIdx.z
+        i0 = cuda.blockIdx.y * TS
+        j0 = cuda.blockIdx.x * TS
+        i = i0 + ty
+        j = j0 + tx
+        nvx = lenx[b]
+        nvy = leny[b]
+        d = X.shape[2]
+        acc = ZERO
+        if i0 < nvx and j0 < nvy:  # uniform over the block
+            for k0 in range(0, d, TS):
+                k = k0 + tx
+                r = i0 + ty
+                xv = ZERO
+                if r < nvx and k < d:
+                    xv = X[b, r, k]
+                    if mode == 1 or mode == 2:
+                        xv = xv / nx[b, r]
+                xs[ty, tx] = xv
+                r = j0 + ty
+                yv = ZERO
+                if r < nvy and k < d:
+                    yv = Y[b, r, k]
+                    if mode == 1 or mode == 2:
+                        yv = yv / ny[b, r]
+                ys[ty, tx] = yv
+                cuda.syncthreads()
+                kmax = min(TS, d - k0)
+                if mode == 1 or mode == 2:
+                    for kk in range(kmax):
+                        acc += xs[ty, kk] * ys[tx, kk]
+                else:
+                    for kk in range(kmax):
+                        df = xs[ty, kk] - ys[tx, kk]
+                        acc += df * df
+                cuda.syncthreads()
+        if i < out.shape[1] and j < out.shape[2]:
+            c = ZERO
+            if i < nvx and j < nvy:
+                if mode == 0:
+                    c = acc
+                elif mode == 3:
+                    c = acc / TWO
+                elif mode == 1:
+                    c = min(max(ONE - acc, ZERO), TWO)
+                else:
+                    raw = ONE - acc
+                    if raw >= ZERO and raw <= TWO:
+                        c = G[b, i, j]
+                if has_p != 0:
+                    c += P[b, i, j]
+            out[b, i, j] = c
+
+    def vjp_gemm(G, A, Bm, nb, out, lena, lenb, trans, mode, coef, accumulate):
+        """``out (+)= coef * v`` with, for rows i < lena[b] (else v = 0) and Gt = G or G^T:
+        mode 0: ``v_i = 2 (sum_j Gt_ij A_i - sum_j Gt_ij Bm_j)``;
+        mode 1: ``v_i = -sum_j Gt_ij Bm_j / nb_j`` (the cosine dXh); j runs over j < lenb[b]."""
+        gs = cuda.shared.array((TS, TSP), dtype=NB)
+        bs = cuda.shared.array((TS, TSP), dtype=NB)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        b = cuda.blockIdx.z
+        k0 = cuda.blockIdx.x * TS
+        i0 = cuda.blockIdx.y * TS
+        i = i0 + ty
+        k = k0 + tx
+        na = lena[b]
+        nbv = lenb[b]
+        d = A.shape[2]
+        acc = ZERO
+        rs = ZERO
+        if i0 < na:  # uniform over the block
+            for j0 in range(0, nbv, TS):
+                if trans == 0:
+                    r = i0 + ty
+                    c = j0 + tx
+                    gv = ZERO
+                    if r < na and c < nbv:
+                        gv = G[b, r, c]
+                    gs[ty, tx] = gv
+                else:  # Gt[r, c] = G[b, c, r], read along r (coalesced) and stored transposed
+                    r = i0 + tx
+                    c = j0 + ty
+                    gv = ZERO
+                    if r < na and c < nbv:
+                        gv = G[b, c, r]
+                    gs[tx, ty] = gv
+                r = j0 + ty
+                bv = ZERO
+                if r < nbv and k < d:
+                    bv = Bm[b, r, k]
+                    if mode == 1:
+                        bv = bv / nb[b, r]
+                bs[ty, tx] = bv
+                cuda.syncthreads()
+                for jj in range(min(TS, nbv - j0)):
+                    g = gs[ty, jj]
+                    acc += g * bs[jj, tx]
+                    rs += g
+                cuda.syncthreads()
+        if i < out.shape[1] and k < d:
+            v = ZERO
+            if i < na:
+                if mode == 0:
+                    v = TWO * (rs * A[b, i, k] - acc)
+                else:
+                    v = -acc
+            v = coef * v
+            if accumulate != 0:
+                v += out[b, i, k]
+            out[b, i, k] = v
+
+    def cos_epilogue(X, nrm, out, lens):
+        """In place: ``out_i = (dxh_i - (xh_i . dxh_i) xh_i) / |x_i|`` (``dxh_i / 1e-8`` where the
+        norm floor is active); padded rows 0. Block (lanes, rows): lanes share one row."""
+        red = cuda.shared.array(MAXT, dtype=NB)
+        lane = cuda.threadIdx.x
+        nl = cuda.blockDim.x
+        t = cuda.threadIdx.y * nl + lane
+        i = cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y
+        b = cuda.blockIdx.y
+        d = X.shape[2]
+        valid = i < X.shape[1] and i < lens[b]
+        dot = ZERO
+        if valid:
+            nv = nrm[b, i]
+            for k in range(lane, d, nl):
+                dot += (X[b, i, k] / nv) * out[b, i, k]
+        red[t] = dot
+        cuda.syncthreads()
+        off = nl // 2
+        while off > 0:
+            if lane < off:
+                red[t] += red[t + off]
+            cuda.syncthreads()
+            off //= 2
+        if i < X.shape[1]:
+            if valid:
+                nv = nrm[b, i]
+                dot = red[t - lane]
+                for k in range(lane, d, nl):
+                    g = out[b, i, k]
+                    if nv > EPS:
+                        g = g - dot * (X[b, i, k] / nv)
+                    out[b, i, k] = g / nv
+            else:
+                for k in range(lane, d, nl):
+                    out[b, i, k] = ZERO
+
+    def any_nan(C, flag):
+        """``flag[0] = 1`` if C (B, n, m) holds a NaN (grid-stride over all elements)."""
+        total = C.shape[0] * C.shape[1] * C.shape[2]
+        nm = C.shape[1] * C.shape[2]
+        t = cuda.grid(1)
+        step = cuda.gridsize(1)
+        while t < total:
+            b = t // nm
+            r = t - b * nm
+            i = r // C.shape[2]
+            j = r - i * C.shape[2]
+            x = C[b, i, j]
+            if x != x:
+                flag[0] = 1
+            t += step
+
+    # ------------------------------------------------------------------ Sinkhorn kernels
+
+    def ot_prep(src, dst, eps, mode):
+        """dst (B, n) from src (1 or B, n): mode 0 ``src/eps`` (log_u = f0/eps), mode 1
+        ``exp(src/eps)`` (u = exp(f0/eps))."""
+        i = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        b = cuda.blockIdx.y
+        if i < dst.shape[1]:
+            bs = b if src.shape[0] > 1 else 0
+            x = src[bs, i] / eps
+            if mode == 1:
+                x = math.exp(x)
+            dst[b, i] = x
+
+    def ot_col_lse(C, lu, bw, lv, pm, ps, inv_eps, rows_per, nsplit):
+        """Column half-step, online LSE over rows s*rows_per ... of ``lu_i - C_ij/eps``.
+
+        nsplit == 1: ``lv_j = log b_j - LSE`` directly; else partial (max, sum) per split."""
+        j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        s = cuda.blockIdx.y
+        b = cuda.blockIdx.z
+        if j >= C.shape[2]:
+            return
+        i1 = min(C.shape[1], (s + 1) * rows_per)
+        mx = NINF
+        sm = ZERO
+        for i in range(s * rows_per, i1):
+            x = lu[b, i] - C[b, i, j] * inv_eps
+            if x > mx:
+                sm = sm * math.exp(mx - x) + ONE
+                mx = x
+            elif x != NINF:
+                sm += math.exp(x - mx)
+        if nsplit == 1:
+            lse = NINF
+            if mx != NINF:
+                lse = mx + math.log(sm)
+            lv[b, j] = math.log(bw[b if bw.shape[0] > 1 else 0, j]) - lse
+        else:
+            pm[b, s, j] = mx
+            ps[b, s, j] = sm
+
+    def ot_col_lse_finish(pm, ps, bw, lv, nsplit):
+        j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        b = cuda.blockIdx.y
+        if j >= lv.shape[1]:
+            return
+        mx = NINF
+        for s in range(nsplit):
+            mx = max(mx, pm[b, s, j])
+        lse = NINF
+        if mx != NINF:
+            sm = ZERO
+            for s in range(nsplit):
+                x = pm[b, s, j]
+                if x != NINF:
+                    sm += ps[b, s, j] * math.exp(x - mx)
+            lse = mx + math.log(sm)
+        lv[b, j] = math.log(bw[b if bw.shape[0] > 1 else 0, j]) - lse
+
+    def ot_row_lse(C, lv, aw, lu, inv_eps):
+        """Row half-step ``lu_i = log a_i - LSE_j(lv_j - C_ij/eps)``; block (lanes, rows)."""
+        rm = cuda.shared.array(MAXT, dtype=NB)
+        rsum = cuda.shared.array(MAXT, dtype=NB)
+        lane = cuda.threadIdx.x
+        nl = cuda.blockDim.x
+        t = cuda.threadIdx.y * nl + lane
+        i = cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y
+        b = cuda.blockIdx.y
+        mx = NINF
+        sm = ZERO
+        if i < C.shape[1]:
+            for j in range(lane, C.shape[2], nl):
+                x = lv[b, j] - C[b, i, j] * inv_eps
+                if x > mx:
+                    sm = sm * math.exp(mx - x) + ONE
+                    mx = x
+                elif x != NINF:
+                    sm += math.exp(x - mx)
+        rm[t] = mx
+        rsum[t] = sm
+        cuda.syncthreads()
+        off = nl // 2
+        while off > 0:
+            if lane < off:
+                m1 = rm[t]
+                m2 = rm[t + off]
+                mm = max(m1, m2)
+                s = ZERO
+                if mm != NINF:
+                    s = rsum[t] * math.exp(m1 - mm) + rsum[t + off] * math.exp(m2 - mm)
+                rm[t] = mm
+                rsum[t] = s
+            cuda.syncthreads()
+            off //= 2
+        if lane == 0 and i < C.shape[1]:
+            lse = NINF
+            if rm[t] != NINF:
+                lse = rm[t] + math.log(rsum[t])
+            lu[b, i] = math.log(aw[b if aw.shape[0] > 1 else 0, i]) - lse
+
+    def ot_col_ktu(C, u, bw, v, part, inv_eps, rows_per, nsplit, stat, it1):
+        """Standard-domain column half-step ``v_j = b_j / sum_i K_ij u_i``, K = exp(-C/eps).
+        Skips when an earlier step flagged a numerical error (stat[1] != 0); flags
+        ``stat[1] = it1`` when ``K^T u`` has a zero or v is not finite."""
+        if stat[1] != 0.0:
+            return
+        j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        s = cuda.blockIdx.y
+        b = cuda.blockIdx.z
+        if j >= C.shape[2]:
+            return
+        i1 = min(C.shape[1], (s + 1) * rows_per)
+        acc = ZERO
+        for i in range(s * rows_per, i1):
+            acc += math.exp(-(C[b, i, j] * inv_eps)) * u[b, i]
+        if nsplit == 1:
+            vj = bw[b if bw.shape[0] > 1 else 0, j] / acc
+            if acc == ZERO or not math.isfinite(vj):
+                stat[1] = it1
+            v[b, j] = vj
+        else:
+            part[b, s, j] = acc
+
+    def ot_col_ktu_finish(part, bw, v, nsplit, stat, it1):
+        if stat[1] != 0.0:
+            return
+        j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        b = cuda.blockIdx.y
+        if j >= v.shape[1]:
+            return
+        acc = ZERO
+        for s in range(nsplit):
+            acc += part[b, s, j]
+        vj = bw[b if bw.shape[0] > 1 else 0, j] / acc
+        if acc == ZERO or not math.isfinite(vj):
+            stat[1] = it1
+        v[b, j] = vj
+
+    def ot_row_kv(C, v, aw, u, inv_eps, stat, it1):
+        """Standard-domain row half-step ``u_i = a_i / sum_j K_ij v_j``; flags non-finite u."""
+        red = cuda.shared.array(MAXT, dtype=NB)
+        skip = cuda.shared.array(1, dtype=int64)
+        lane = cuda.threadIdx.x
+        nl = cuda.blockDim.x
+        t = cuda.threadIdx.y * nl + lane
+        if t == 0:
+            skip[0] = 1 if stat[1] != 0.0 else 0
+        cuda.syncthreads()
+        if skip[0] != 0:  # uniform over the block (read once, broadcast)
+            return
+        i = cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y
+        b = cuda.blockIdx.y
+        acc = ZERO
+        if i < C.shape[1]:
+            for j in range(lane, C.shape[2], nl):
+                acc += math.exp(-(C[b, i, j] * inv_eps)) * v[b, j]
+        red[t] = acc
+        cuda.syncthreads()
+        off = nl // 2
+        while off > 0:
+            if lane < off:
+                red[t] += red[t + off]
+            cuda.syncthreads()
+            off //= 2
+        if lane == 0 and i < C.shape[1]:
+            ui = aw[b if aw.shape[0] > 1 else 0, i] / red[t]
+            if not math.isfinite(ui):
+                stat[1] = it1
+            u[b, i] = ui
+
+    def ot_colsum(C, s0, s1, part, inv_eps, rows_per, domain):
+        """Partial column sums of the plan over a row split: domain 0 (log)
+        ``exp(-C/eps + lu_i + lv_j)``, domain 1 (standard) ``u_i K_ij v_j``."""
+        j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        s = cuda.blockIdx.y
+        b = cuda.blockIdx.z
+        if j >= C.shape[2]:
+            return
+        i1 = min(C.shape[1], (s + 1) * rows_per)
+        acc = ZERO
+        y = s1[b, j]
+        if domain == 0:
+            for i in range(s * rows_per, i1):
+                acc += math.exp((s0[b, i] - C[b, i, j] * inv_eps) + y)
+        else:
+            for i in range(s * rows_per, i1):
+                acc += (s0[b, i] * math.exp(-(C[b, i, j] * inv_eps))) * y
+        part[b, s, j] = acc
+
+    def ot_err(part, bw, stat, errout):
+        """One block: ``max_b ||sum_s part[b, s, :] - b||_2`` -> stat[0] (float64) and errout[0]."""
+        red = cuda.shared.array(MAXT, dtype=NB)
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        best = ZERO
+        for b in range(part.shape[0]):
+            acc = ZERO
+            for j in range(t, part.shape[2], nt):
+                cs = ZERO
+                for s in range(part.shape[1]):
+                    cs += part[b, s, j]
+                dl = cs - bw[b if bw.shape[0] > 1 else 0, j]
+                acc += dl * dl
+            red[t] = acc
+            cuda.syncthreads()
+            off = nt // 2
+            while off > 0:
+                if t < off:
+                    red[t] += red[t + off]
+                cuda.syncthreads()
+                off //= 2
+            e = math.sqrt(red[0])
+            if not (e <= best):  # also propagates NaN, like numpy's max
+                best = e
+            cuda.syncthreads()
+        if t == 0:
+            stat[0] = np.float64(best)
+            errout[0] = best
+
+    def ot_plan(C, s0, s1, P, inv_eps, domain):
+        """The plan: domain 0 ``exp(-C/eps + lu_i + lv_j)``, domain 1 ``u_i K_ij v_j``."""
+        j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        b = cuda.blockIdx.z
+        if j < C.shape[2]:
+            y = s1[b, j]
+            for i in range(cuda.blockIdx.y, C.shape[1], cuda.gridDim.y):
+                if domain == 0:
+                    P[b, i, j] = math.exp((s0[b, i] - C[b, i, j] * inv_eps) + y)
+                else:
+                    P[b, i, j] = (s0[b, i] * math.exp(-(C[b, i, j] * inv_eps))) * y
+
+    def ot_potential(src, dst, eps, domain):
+        """Potentials from the state: domain 0 ``eps * log_u``, domain 1 ``eps * log(u)``."""
+        i = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        b = cuda.blockIdx.y
+        if i < dst.shape[1]:
+            x = src[b, i]
+            if domain == 1:
+                x = math.log(x)
+            dst[b, i] = eps * x
+
+    def ot_dual_value(aw, f, bw, g, out):
+        """One block per problem: ``<a, f> + <b, g>``."""
+        red = cuda.shared.array(MAXT, dtype=NB)
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        b = cuda.blockIdx.x
+        ba = b if aw.shape[0] > 1 else 0
+        bb = b if bw.shape[0] > 1 else 0
+        sa = ZERO
+        for i in range(t, f.shape[1], nt):
+            sa += aw[ba, i] * f[b, i]
+        red[t] = sa
+        cuda.syncthreads()
+        off = nt // 2
+        while off > 0:
+            if t < off:
+                red[t] += red[t + off]
+            cuda.syncthreads()
+            off //= 2
+        sa = red[0]
+        cuda.syncthreads()
+        sb = ZERO
+        for j in range(t, g.shape[1], nt):
+            sb += bw[bb, j] * g[b, j]
+        red[t] = sb
+        cuda.syncthreads()
+        off = nt // 2
+        while off > 0:
+            if t < off:
+                red[t] += red[t + off]
+            cuda.syncthreads()
+            off //= 2
+        if t == 0:
+            out[b] = sa + red[0]
+
+    def ot_linear_value(C, P, out):
+        """``out[b] += sum_ij where(P > 0, P C, 0)`` over a chunk of rows (atomic per block)."""
+        red = cuda.shared.array(MAXT, dtype=NB)
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        b = cuda.blockIdx.y
+        m = C.shape[2]
+        total = C.shape[1] * m
+        acc = ZERO
+        e = cuda.blockIdx.x * nt + t
+        while e < total:
+            i = e // m
+            j = e - i * m
+            p = P[b, i, j]
+            if p > ZERO:
+                acc += p * C[b, i, j]
+            e += cuda.gridDim.x * nt
+        red[t] = acc
+        cuda.syncthreads()
+        off = nt // 2
+        while off > 0:
+            if t < off:
+                red[t] += red[t + off]
+            cuda.syncthreads()
+            off //= 2
+        if t == 0:
+            cuda.atomic.add(out, b, red[0])
+
+    def ot_center(x, out):
+        """One block per problem: ``out = x - mean(x)`` along the last axis."""
+        red = cuda.shared.array(MAXT, dtype=NB)
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        b = cuda.blockIdx.x
+        n = x.shape[1]
+        s = ZERO
+        for i in range(t, n, nt):
+            s += x[b, i]
+        red[t] = s
+        cuda.syncthreads()
+        off = nt // 2
+        while off > 0:
+            if t < off:
+                red[t] += red[t + off]
+            cuda.syncthreads()
+            off //= 2
+        mean = red[0] / DT(n)
+        for i in range(t, n, nt):
+            out[b, i] = x[b, i] - mean
+
+    def ot_div_combine(v1, v2, v3, out, clamp):
+        """``out = v1 - v2/2 - v3/2`` (and ``max(0, .)`` when clamp)."""
+        b = cuda.grid(1)
+        if b < out.shape[0]:
+            s = v1[b] - v2[b] / TWO - v3[b] / TWO
+            if clamp != 0 and s < ZERO:
+                s = ZERO
+            out[b] = s
+
+    return {
+        "__tile__": TS,
+        "fill1d": fill1d,
+        "sdtw_forward": sdtw_forward,
+        "sdtw_backward": sdtw_backward,
+        "sdtw_combine": sdtw_combine,
+        "row_norms": row_norms,
+        "pair_cost": pair_cost,
+        "vjp_gemm": vjp_gemm,
+        "cos_epilogue": cos_epilogue,
+        "any_nan": any_nan,
+        "ot_prep": ot_prep,
+        "ot_col_lse": ot_col_lse,
+        "ot_col_lse_finish": ot_col_lse_finish,
+        "ot_row_lse": ot_row_lse,
+        "ot_col_ktu": ot_col_ktu,
+        "ot_col_ktu_finish": ot_col_ktu_finish,
+        "ot_row_kv": ot_row_kv,
+        "ot_colsum": ot_colsum,
+        "ot_err": ot_err,
+        "ot_plan": ot_plan,
+        "ot_potential": ot_potential,
+        "ot_dual_value": ot_dual_value,
+        "ot_linear_value": ot_linear_value,
+        "ot_center": ot_center,
+        "ot_div_combine": ot_div_combine,
+    }

@@ -1,0 +1,42 @@
+"""The ``numpy`` backend: the float64 reference itself behind the backend protocol, so every
+harness treats it like the others (it is the baseline of ``refimpl bench``)."""
+
+import platform
+
+import numpy as np
+
+from refimpl.ot import (emd, emd_grad, pairwise_cost, sinkhorn, sinkhorn_cost,  # noqa: F401
+                        sinkhorn_cost_grad, sinkhorn_divergence, sinkhorn_log)
+from refimpl.softdtw import (sdtw_cost, sdtw_cost_vjp, soft_dtw, soft_dtw_divergence,  # noqa: F401
+                             soft_dtw_divergence_grad, soft_dtw_grad)
+
+NAME = "numpy"
+DTYPES = ("float64",)
+
+
+def asarray(a):
+    return np.asarray(a)
+
+
+def to_numpy(x):
+    return np.asarray(x)
+
+
+def is_native(x) -> bool:
+    return isinstance(x, (np.ndarray, np.generic))
+
+
+def synchronize() -> None:
+    """Nothing is queued on the CPU."""
+
+
+def reset_peak_memory() -> None:
+    """Host memory is not tracked (asv ``peakmem_`` measures RSS)."""
+
+
+def peak_memory() -> None:
+    return None
+
+
+def describe() -> str:
+    return f"CPU ({platform.processor() or platform.machine()}), NumPy {np.__version__}"

@@ -1,0 +1,15 @@
+"""refimpl: the reference math of distribution-alignment papers.
+
+Each algorithm is a readable NumPy/SciPy function computing in float64; the accelerated
+backends in :mod:`backends` (torch, cupy, numba_cuda) offer the same functions with the
+same signatures and are cross-checked against these. ``import refimpl`` imports NumPy and
+SciPy only.
+
+Families: :mod:`refimpl.softdtw` (Soft-DTW, arXiv 1703.01541, 2010.08354) and
+:mod:`refimpl.ot` (entropic and exact optimal transport).
+"""
+
+from refimpl import ot, softdtw
+
+__version__ = "0.1.0"
+__all__ = ["ot", "softdtw", "__version__"]

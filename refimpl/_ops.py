@@ -1,0 +1,114 @@
+"""The op registry: the single list that the cross-check test, ``refimpl check``/``bench``
+and the asv suite walk. Adding an :class:`Op` here is what makes a function tested against
+the reference on every backend, checked by the command, and benchmarked.
+
+An op's reference is ``refimpl.<family>.<name>``; backend ``b`` offers it as
+``backends.get(b).<name>`` with the same signature. Cases are keyword-argument dicts of
+NumPy inputs (float arrays in float64; the harness casts them to the dtype under test).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+
+from refimpl._cases import Case
+from refimpl._cases import ot as _ot
+from refimpl._cases import softdtw as _sd
+
+__all__ = ["Case", "Op", "OPS", "REGISTRY", "FAMILIES", "SCALES", "get", "select"]
+
+SCALES = ("tiny", "small", "bench")
+
+
+Tol = Mapping[str, Mapping[str, tuple[float, float]]]  # dtype -> output name ("*" = default) -> (rtol, atol)
+
+
+@dataclass(frozen=True, eq=False)  # ops are unique registry entries: identity equality
+class Op:
+    name: str
+    family: str
+    paper: str
+    out_names: tuple[str, ...]
+    cases: Callable[[np.random.Generator, str], list[Case]]
+    tol: Tol
+    # result (converted to NumPy) + the case kwargs -> {output name: array or Python scalar}
+    outputs: Callable[[object, dict], dict] | None = None
+    grad_of: str | None = None          # this op returns the gradient of that op
+    wrt: tuple[str, ...] = ()           # differentiable inputs (autograd is cross-checked)
+    # reference vector-Jacobian product: (float64 kwargs, cotangent of the output) -> {input: grad}
+    vjp: Callable[[dict, np.ndarray], dict] | None = None
+    host_solver: bool = False           # backends solve on the host, by design (documented)
+    doc: str = field(default="")
+
+    @property
+    def ref(self) -> Callable:
+        return getattr(importlib.import_module(f"refimpl.{self.family}"), self.name)
+
+    def named(self, result, kwargs: dict) -> dict:
+        """The comparable outputs of one (NumPy) result, by name."""
+        if self.outputs is not None:
+            return self.outputs(result, kwargs)
+        if isinstance(result, tuple):
+            return dict(zip(self.out_names, result))
+        return {self.out_names[0]: result}
+
+    def tolerance(self, dtype: str, output: str) -> tuple[float, float]:
+        t = self.tol[dtype]
+        return t.get(output, t["*"])
+
+
+_SDTW_PAPER = "1703.01541"
+_SDTW_DIV_PAPER = "2010.08354"
+
+OPS: tuple[Op, ...] = (
+    Op("soft_dtw", "softdtw", _SDTW_PAPER, ("value",), _sd.cases_soft_dtw, _sd.TOL,
+       wrt=("C",), vjp=_sd.vjp_soft_dtw, doc="Soft-DTW value R[n, m]"),
+    Op("soft_dtw_grad", "softdtw", _SDTW_PAPER, ("value", "E"), _sd.cases_soft_dtw, _sd.TOL,
+       grad_of="soft_dtw", doc="Soft-DTW value and expected alignment E = d value / dC"),
+    Op("sdtw_cost", "softdtw", _SDTW_PAPER, ("C",), _sd.cases_cost, _sd.TOL,
+       wrt=("X", "Y"), vjp=_sd.vjp_cost, doc="pairwise costs for Soft-DTW (sqeuclidean, cosine)"),
+    Op("sdtw_cost_vjp", "softdtw", _SDTW_PAPER, ("dX", "dY"), _sd.cases_cost_vjp, _sd.TOL,
+       grad_of="sdtw_cost", doc="vector-Jacobian product of sdtw_cost"),
+    Op("soft_dtw_divergence", "softdtw", _SDTW_DIV_PAPER, ("value",), _sd.cases_divergence, _sd.TOL,
+       wrt=("X", "Y"), vjp=_sd.vjp_divergence, doc="Soft-DTW divergence D(X, Y)"),
+    Op("soft_dtw_divergence_grad", "softdtw", _SDTW_DIV_PAPER, ("value", "dX", "dY"),
+       _sd.cases_divergence, _sd.TOL, grad_of="soft_dtw_divergence",
+       doc="Soft-DTW divergence and its gradients"),
+    Op("sinkhorn_log", "ot", _ot.PAPER, ("plan", "f", "g"), _ot.cases_sinkhorn, _ot.TOL,
+       outputs=_ot.scaled_result, doc="log-domain Sinkhorn: plan, potentials, iterations"),
+    Op("sinkhorn", "ot", _ot.PAPER, ("plan", "f", "g"), _ot.cases_sinkhorn_std, _ot.TOL,
+       outputs=_ot.scaled_result, doc="standard-domain Sinkhorn-Knopp"),
+    Op("sinkhorn_cost", "ot", _ot.PAPER, ("value",), _ot.cases_cost, _ot.TOL,
+       doc="entropic (dual) or linear transport cost"),
+    Op("sinkhorn_cost_grad", "ot", _ot.PAPER, ("dC", "da", "db"), _ot.cases_cost_grad, _ot.TOL,
+       outputs=_ot.scaled_grads, grad_of="sinkhorn_cost",
+       doc="envelope gradient of the entropic cost (P, centred f, centred g)"),
+    Op("sinkhorn_divergence", "ot", _ot.DIV_PAPER, ("value",), _ot.cases_divergence, _ot.TOL,
+       doc="debiased Sinkhorn divergence"),
+    Op("pairwise_cost", "ot", _ot.PAPER, ("C",), _ot.cases_pairwise, _ot.TOL,
+       doc="ground costs: sqeuclidean, half_sqeuclidean, cosine"),
+    Op("emd", "ot", _ot.PAPER, ("plan", "cost", "f", "g"), _ot.cases_emd, _ot.TOL_EXACT,
+       host_solver=True, doc="exact OT by linear programming (host solve in every backend)"),
+    Op("emd_grad", "ot", _ot.PAPER, ("dC", "da", "db"), _ot.cases_emd, _ot.TOL_EXACT,
+       host_solver=True, grad_of="emd", doc="gradients of the exact OT cost"),
+)
+
+REGISTRY: dict[str, Op] = {op.name: op for op in OPS}
+FAMILIES: tuple[str, ...] = tuple(dict.fromkeys(op.family for op in OPS))
+
+
+def get(name: str) -> Op:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown op {name!r}; known: {', '.join(REGISTRY)}") from None
+
+
+def select(names=None, families=None) -> list[Op]:
+    """Ops filtered by name and/or family (None = all), in registry order."""
+    return [op for op in OPS
+            if (not names or op.name in names) and (not families or op.family in families)]

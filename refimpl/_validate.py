@@ -1,0 +1,356 @@
+"""Argument checking shared by the reference and every backend.
+
+Everything here reads only shapes, dtype names and small host-side integer/weight vectors,
+so the same rules (and the same messages) apply whatever the array library. Each message
+names the argument and what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+FLOATS = ("float32", "float64")
+
+
+def dtype_name(x) -> str:
+    """``'float32'`` for NumPy/CuPy/Numba arrays and torch tensors alike."""
+    dt = x.dtype
+    return dt.name if isinstance(dt, np.dtype) else str(dt).replace("torch.", "")
+
+
+def float_array(x, name: str, ndims: tuple[int, ...] | None = None, allowed=FLOATS) -> None:
+    """Check that ``x`` is a float32/float64 array with ``x.ndim`` in ``ndims``."""
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise TypeError(f"{name} must be an array, got {type(x).__name__}")
+    dt = dtype_name(x)
+    if dt not in allowed:
+        raise TypeError(f"{name} must have dtype {' or '.join(allowed)}, got {dt}")
+    if ndims is not None and len(x.shape) not in ndims:
+        want = " or ".join(f"{d}-D" for d in ndims)
+        raise ValueError(f"{name} must be {want}, got shape {tuple(x.shape)}")
+
+
+def same_dtype(name_a: str, a, name_b: str, b) -> None:
+    if dtype_name(a) != dtype_name(b):
+        raise TypeError(f"{name_b} must have the dtype of {name_a} ({dtype_name(a)}), "
+                        f"got {dtype_name(b)}")
+
+
+def positive_float(v, name: str, hint: str = "") -> float:
+    """A finite Python float > 0 (``gamma``, ``eps``)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a positive real number, got {type(v).__name__}")
+    v = float(v)
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {v}{hint}")
+    return v
+
+
+def nonneg_float(v, name: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a real number >= 0, got {type(v).__name__}")
+    v = float(v)
+    if math.isnan(v) or v < 0:
+        raise ValueError(f"{name} must be >= 0, got {v}")
+    return v
+
+
+def positive_int(v, name: str, minimum: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    return int(v)
+
+
+def choice(v, name: str, options: tuple[str, ...]) -> str:
+    if v not in options:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {v!r}")
+    return v
+
+
+def host_array(x, name: str) -> np.ndarray:
+    """The reference's input check: NumPy arrays (or nested lists) only.
+
+    Arrays of another backend are refused rather than copied to the host silently."""
+    if isinstance(x, np.ndarray):
+        return x
+    mod = type(x).__module__.split(".")[0]
+    if hasattr(x, "__cuda_array_interface__") or hasattr(x, "__dlpack__") or mod in ("torch", "cupy"):
+        raise TypeError(f"{name} is a {type(x).__module__}.{type(x).__name__}; the numpy reference "
+                        f"takes numpy.ndarray (use backends.get(...) for that array kind, or "
+                        f"convert explicitly)")
+    return np.asarray(x)
+
+
+def native(backend: str, is_native: Callable[[object], bool], kind: str, **arrays) -> None:
+    """Refuse arrays of another kind in a backend call (no silent copies between backends)."""
+    for name, x in arrays.items():
+        if x is not None and not is_native(x):
+            raise TypeError(f"{name} is a {type(x).__module__}.{type(x).__name__}; the {backend} "
+                            f"backend takes {kind} (mixed backends are refused; convert explicitly)")
+
+
+# --------------------------------------------------------------------------- Soft-DTW
+
+
+class SdtwShape(NamedTuple):
+    batched: bool
+    B: int
+    N: int
+    M: int
+
+
+def sdtw_gamma(gamma) -> float:
+    return positive_float(gamma, "gamma", hint=" (for the hard-min limit gamma -> 0 use refimpl.softdtw.dtw)")
+
+
+def sdtw_bandwidth(bandwidth) -> int | None:
+    if bandwidth is None:
+        return None
+    if isinstance(bandwidth, bool) or not isinstance(bandwidth, numbers.Integral):
+        raise TypeError(f"bandwidth must be a non-negative int or None, got {type(bandwidth).__name__}")
+    if bandwidth < 0:
+        raise ValueError(f"bandwidth must be >= 0 or None, got {bandwidth}")
+    return int(bandwidth)
+
+
+def sdtw_cost_matrix(C) -> SdtwShape:
+    float_array(C, "C", ndims=(2, 3))
+    if len(C.shape) == 2:
+        return SdtwShape(False, 1, int(C.shape[0]), int(C.shape[1]))
+    return SdtwShape(True, int(C.shape[0]), int(C.shape[1]), int(C.shape[2]))
+
+
+def lengths(v, name: str, shape: SdtwShape, full: int, to_numpy: Callable = np.asarray,
+            allow_zero: bool = False) -> np.ndarray:
+    """Per-pair lengths as a host int64 array of shape (B,), or the full length if None.
+
+    ``to_numpy`` converts a backend-native integer array (a B-element read) to NumPy."""
+    if v is None:
+        return np.full(shape.B, full, dtype=np.int64)
+    if not shape.batched:
+        raise ValueError(f"{name} is only accepted with batched (3-D) inputs; pass None for 2-D")
+    h = np.asarray(to_numpy(v))
+    if h.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array of shape ({shape.B},), got dtype {h.dtype}")
+    if h.shape != (shape.B,):
+        raise ValueError(f"{name} must have shape ({shape.B},), got {h.shape}")
+    low = 0 if allow_zero else 1
+    if h.size and (h.min() < low or h.max() > full):
+        raise ValueError(f"{name} must lie in [{low}, {full}], got values in [{h.min()}, {h.max()}]")
+    return h.astype(np.int64)
+
+
+def point_pair(X, Y, names: tuple[str, str] = ("X", "Y")) -> tuple[int | None, int, int, int]:
+    """``(B or None, N, M, d)`` of two point sets (n,d),(m,d) or (B,N,d),(B,M,d)."""
+    nx, ny = names
+    float_array(X, nx, ndims=(2, 3))
+    float_array(Y, ny, ndims=(2, 3))
+    same_dtype(nx, X, ny, Y)
+    if len(X.shape) != len(Y.shape):
+        raise ValueError(f"{nx} and {ny} must have the same number of dimensions, got "
+                         f"{tuple(X.shape)} and {tuple(Y.shape)}")
+    if X.shape[-1] != Y.shape[-1]:
+        raise ValueError(f"{nx} and {ny} must have the same feature size d (last axis), got "
+                         f"{X.shape[-1]} and {Y.shape[-1]}")
+    if len(X.shape) == 3 and X.shape[0] != Y.shape[0]:
+        raise ValueError(f"{nx} and {ny} must have the same batch size, got {X.shape[0]} and "
+                         f"{Y.shape[0]}")
+    B = int(X.shape[0]) if len(X.shape) == 3 else None
+    return B, int(X.shape[-2]), int(Y.shape[-2]), int(X.shape[-1])
+
+
+def sdtw_points(X, Y) -> tuple[SdtwShape, int]:
+    """Shapes of (X, Y) for the Soft-DTW cost functions."""
+    B, N, M, d = point_pair(X, Y)
+    return SdtwShape(B is not None, B or 1, N, M), d
+
+
+def cost_kind(kind) -> str:
+    return choice(kind, "kind", ("sqeuclidean", "cosine"))
+
+
+def cotangent(G, name: str, shape: tuple[int, ...], like) -> None:
+    float_array(G, name)
+    same_dtype("X", like, name, G)
+    if tuple(G.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)} (the cost's shape), got {tuple(G.shape)}")
+
+
+def penalty(P, shape: SdtwShape, like) -> None:
+    if P is None:
+        return
+    want = (shape.B, shape.N, shape.M) if shape.batched else (shape.N, shape.M)
+    float_array(P, "penalty")
+    same_dtype("X", like, "penalty", P)
+    if tuple(P.shape) != want:
+        raise ValueError(f"penalty must have the cross cost's shape {want}, got {tuple(P.shape)}")
+
+
+class SdtwArgs(NamedTuple):
+    shape: SdtwShape
+    gamma: float
+    len_x: np.ndarray
+    len_y: np.ndarray
+    bandwidth: int | None
+
+
+def soft_dtw_args(C, gamma, len_x, len_y, bandwidth, to_numpy: Callable = np.asarray) -> SdtwArgs:
+    """Validate the arguments of ``soft_dtw``/``soft_dtw_grad``."""
+    shape = sdtw_cost_matrix(C)
+    return SdtwArgs(shape, sdtw_gamma(gamma),
+                    lengths(len_x, "len_x", shape, shape.N, to_numpy),
+                    lengths(len_y, "len_y", shape, shape.M, to_numpy),
+                    sdtw_bandwidth(bandwidth))
+
+
+class DivArgs(NamedTuple):
+    shape: SdtwShape
+    d: int
+    gamma: float
+    kind: str
+    len_x: np.ndarray
+    len_y: np.ndarray
+    bandwidth: int | None
+
+
+def divergence_args(X, Y, gamma, kind, len_x, len_y, penalty_, bandwidth,
+                    to_numpy: Callable = np.asarray) -> DivArgs:
+    """Validate the arguments of ``soft_dtw_divergence``/``_grad`` (zero lengths allowed)."""
+    shape, d = sdtw_points(X, Y)
+    penalty(penalty_, shape, X)
+    return DivArgs(shape, d, sdtw_gamma(gamma), cost_kind(kind),
+                   lengths(len_x, "len_x", shape, shape.N, to_numpy, allow_zero=True),
+                   lengths(len_y, "len_y", shape, shape.M, to_numpy, allow_zero=True),
+                   sdtw_bandwidth(bandwidth))
+
+
+# --------------------------------------------------------------------------- optimal transport
+
+
+class OTShape(NamedTuple):
+    batch: tuple[int, ...]
+    n: int
+    m: int
+
+
+def ot_cost(C, name: str = "C") -> OTShape:
+    float_array(C, name)
+    if len(C.shape) < 2:
+        raise ValueError(f"{name} must have shape (..., n, m), got {tuple(C.shape)}")
+    return OTShape(tuple(int(s) for s in C.shape[:-2]), int(C.shape[-2]), int(C.shape[-1]))
+
+
+def ot_weights(w, name: str, size: int, shape: OTShape, to_numpy: Callable = np.asarray) -> None:
+    """``w`` is None (uniform) or non-negative, zero-free, summing to 1 over its last axis.
+
+    Shapes (size,) (shared by the batch) or batch + (size,). Reads the weights once (O(size))."""
+    if w is None:
+        return
+    float_array(w, name)
+    if tuple(w.shape) not in ((size,), shape.batch + (size,)):
+        want = f"({size},)" if not shape.batch else f"({size},) or {shape.batch + (size,)}"
+        raise ValueError(f"{name} must have shape {want} to match the cost, got {tuple(w.shape)}")
+    h = np.asarray(to_numpy(w), dtype=np.float64)
+    if not np.all(np.isfinite(h)):
+        raise ValueError(f"{name} contains NaN or inf")
+    if np.any(h <= 0):
+        raise ValueError(f"{name} must be > 0 everywhere (log 0 makes the potentials infinite); "
+                         f"drop zero-mass points first")
+    sums = h.sum(axis=-1)
+    tol = 1e-8 if dtype_name(w) == "float64" else 1e-5
+    if np.any(np.abs(sums - 1.0) > tol):
+        raise ValueError(f"{name} must sum to 1 along its last axis (got sums in "
+                         f"[{sums.min():.10g}, {sums.max():.10g}]); mismatched marginals")
+
+
+class SinkhornArgs(NamedTuple):
+    shape: OTShape
+    eps: float
+    max_iter: int
+    tol: float
+    check_every: int
+
+
+def sinkhorn_args(a, b, C, eps, max_iter, tol, check_every, init, has_nan: Callable[[object], bool],
+                  to_numpy: Callable = np.asarray) -> SinkhornArgs:
+    """Validate a Sinkhorn call. ``has_nan(C)`` is the backend's own NaN test (one reduction)."""
+    shape = ot_cost(C)
+    for name, w in (("a", a), ("b", b)):
+        if w is not None:
+            float_array(w, name)
+            same_dtype("C", C, name, w)
+    ot_weights(a, "a", shape.n, shape, to_numpy)
+    ot_weights(b, "b", shape.m, shape, to_numpy)
+    if has_nan(C):
+        raise ValueError("C contains NaN (+inf entries are allowed: they forbid transport)")
+    if init is not None:
+        if not isinstance(init, (tuple, list)) or len(init) != 2:
+            raise TypeError("init must be None or a pair (f0, g0) of potentials")
+        for name, v, size in (("init[0]", init[0], shape.n), ("init[1]", init[1], shape.m)):
+            float_array(v, name)
+            if tuple(v.shape) not in ((size,), shape.batch + (size,)):
+                raise ValueError(f"{name} must have shape {shape.batch + (size,)}, got {tuple(v.shape)}")
+    return SinkhornArgs(shape, positive_float(eps, "eps"), positive_int(max_iter, "max_iter"),
+                        nonneg_float(tol, "tol"), positive_int(check_every, "check_every"))
+
+
+def emd_size(shape: OTShape) -> None:
+    if shape.batch:
+        raise ValueError(f"emd solves one problem: C must be 2-D, got batch dims {shape.batch}")
+    if shape.n * shape.m > 2e6:
+        raise ValueError(f"emd is for small problems (n*m <= 2e6, got {shape.n}x{shape.m}); use "
+                         f"sinkhorn_log with a small eps instead")
+
+
+def sinkhorn_divergence_args(a, b, C_xy, C_xx, C_yy, eps, max_iter, tol,
+                             has_nan: Callable[[object], bool],
+                             to_numpy: Callable = np.asarray) -> SinkhornArgs:
+    """Validate a ``sinkhorn_divergence`` call: C_xy (..., n, m), C_xx (..., n, n), C_yy (..., m, m)."""
+    shape = ot_cost(C_xy, "C_xy")
+    for name, Cs, k in (("C_xx", C_xx, shape.n), ("C_yy", C_yy, shape.m)):
+        float_array(Cs, name)
+        same_dtype("C_xy", C_xy, name, Cs)
+        want = shape.batch + (k, k)
+        if tuple(Cs.shape) != want:
+            raise ValueError(f"{name} must have shape {want} (C_xy's batch, {k} x {k}), "
+                             f"got {tuple(Cs.shape)}")
+    for name, w in (("a", a), ("b", b)):
+        if w is not None:
+            float_array(w, name)
+            same_dtype("C_xy", C_xy, name, w)
+    ot_weights(a, "a", shape.n, shape, to_numpy)
+    ot_weights(b, "b", shape.m, shape, to_numpy)
+    for name, Cs in (("C_xy", C_xy), ("C_xx", C_xx), ("C_yy", C_yy)):
+        if has_nan(Cs):
+            raise ValueError(f"{name} contains NaN (+inf entries are allowed: they forbid transport)")
+    return SinkhornArgs(shape, positive_float(eps, "eps"), positive_int(max_iter, "max_iter"),
+                        nonneg_float(tol, "tol"), 10)
+
+
+def ot_points(x, y) -> tuple[OTShape, int]:
+    """Shapes of the point clouds of ``pairwise_cost``: (n, d), (m, d) or (B, n, d), (B, m, d)."""
+    B, n, m, d = point_pair(x, y, ("x", "y"))
+    return OTShape(() if B is None else (B,), n, m), d
+
+
+def emd_args(a, b, C, has_nonfinite: Callable[[object], bool],
+             to_numpy: Callable = np.asarray) -> OTShape:
+    """Validate an ``emd``/``emd_grad`` call: one 2-D problem, finite costs, valid weights."""
+    shape = ot_cost(C)
+    emd_size(shape)
+    for name, w in (("a", a), ("b", b)):
+        if w is not None:
+            float_array(w, name)
+            same_dtype("C", C, name, w)
+    ot_weights(a, "a", shape.n, shape, to_numpy)
+    ot_weights(b, "b", shape.m, shape, to_numpy)
+    if has_nonfinite(C):
+        raise ValueError("C must be finite for emd (NaN or inf found; forbid a pair with a large "
+                         "finite cost instead)")
+    return shape

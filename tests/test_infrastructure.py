@@ -1,0 +1,223 @@
+"""The registry, the backend probe, the interface rule, the command and the asv suite."""
+
+import importlib
+import inspect
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import backends
+from refimpl import _harness as H
+from refimpl import _ops, cli
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def importable(name):
+    """Backend modules whose array library imports here (even without a device)."""
+    try:
+        return importlib.import_module(f"backends.{name}")
+    except ImportError as exc:
+        pytest.skip(f"backends.{name} does not import here: {exc}")
+
+
+# --------------------------------------------------------------------------- backend probing
+
+
+def test_available_lists_every_backend_with_a_reason():
+    avail = backends.available()
+    assert list(avail) == list(backends.NAMES)
+    assert avail["numpy"] is None
+    for why in avail.values():
+        assert why is None or (isinstance(why, str) and len(why) > 10)
+
+
+def test_disable_variable_and_unknown_names(monkeypatch):
+    monkeypatch.setenv("REFIMPL_DISABLE_NUMPY", "1")
+    assert backends.reason("numpy") == "disabled by REFIMPL_DISABLE_NUMPY"
+    with pytest.raises(backends.BackendUnavailable, match="disabled by REFIMPL_DISABLE_NUMPY"):
+        backends.get("numpy")
+    with pytest.raises(ValueError, match="unknown backend 'jax'"):
+        backends.get("jax")
+
+
+def _python(code):
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env=env, timeout=300)
+
+
+def test_import_refimpl_imports_numpy_and_scipy_only():
+    res = _python("import sys, refimpl, refimpl._ops, backends; "
+                  "print(sorted(m for m in ('torch', 'cupy', 'numba', 'numba.cuda') if m in sys.modules))")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
+
+
+def test_probing_and_importing_backends_allocate_nothing_on_a_device():
+    pytest.importorskip("torch")
+    res = _python("import backends, torch; backends.available(); "
+                  "[backends.get(n) for n, w in backends.available().items() if w is None]; "
+                  "import importlib; [importlib.import_module('backends.' + n) for n in ('cupy', 'numba_cuda')]; "
+                  "print(torch.cuda.is_initialized())")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "False"
+
+
+# --------------------------------------------------------------------------- the interface rule
+
+
+@pytest.mark.parametrize("name", ["numpy", "torch", "cupy", "numba_cuda"])
+def test_every_backend_offers_every_op_with_the_reference_signature(name):
+    bk = importable(name)
+    for attr in ("NAME", "DTYPES", "asarray", "to_numpy", "is_native", "synchronize",
+                 "reset_peak_memory", "peak_memory", "describe"):
+        assert hasattr(bk, attr), f"backends.{name} lacks the protocol's {attr}"
+    assert bk.NAME == name
+    for op in _ops.OPS:
+        fn = getattr(bk, op.name, None)
+        assert fn is not None, f"backends.{name} has no {op.name}"
+        assert inspect.signature(fn) == inspect.signature(op.ref), (
+            f"{name}.{op.name}{inspect.signature(fn)} != reference {inspect.signature(op.ref)}")
+
+
+def test_registry_is_consistent():
+    names = {op.name for op in _ops.OPS}
+    assert len(names) == len(_ops.OPS)
+    for op in _ops.OPS:
+        params = inspect.signature(op.ref).parameters
+        assert op.paper and op.doc
+        assert all(w in params for w in op.wrt), op.name
+        assert (op.vjp is None) == (not op.wrt), op.name
+        assert op.grad_of is None or op.grad_of in names, op.name
+        for scale in _ops.SCALES:
+            cases = H.cases(op, scale)
+            assert cases, f"{op.name} has no {scale} cases"
+            for case in cases:
+                assert case.where in ("any", "cpu", "gpu")
+                if not callable(case.kwargs):
+                    inspect.signature(op.ref).bind(**case.kwargs)
+        for dtype in ("float32", "float64"):
+            assert "*" in op.tol[dtype]
+
+
+def test_mixed_backends_are_refused_by_name():
+    torch = pytest.importorskip("torch")
+    tb = backends.get("torch")
+    C = np.ones((3, 3))
+    with pytest.raises(TypeError, match="C is a numpy.ndarray; the torch backend"):
+        tb.soft_dtw(C, 1.0)
+    with pytest.raises(TypeError, match="the numpy reference"):
+        backends.get("numpy").soft_dtw(torch.ones(3, 3, dtype=torch.float64), 1.0)
+
+
+# --------------------------------------------------------------------------- comparison logic
+
+
+def test_compare_arrays_catches_errors_infinities_and_nans():
+    a = np.array([1.0, np.inf, 2.0])
+    assert H.compare_arrays(a, a.copy(), 0, 0)[2]
+    assert not H.compare_arrays(a + [1e-3, 0, 0], a, 1e-5, 1e-5)[2]
+    assert not H.compare_arrays(np.array([1.0, 5.0, 2.0]), a, 1, 1)[2]
+    assert not H.compare_arrays(np.array([1.0, np.inf, np.nan]), a, 1, 1)[2]
+    assert not H.compare_arrays(np.ones(2), np.ones(3), 1, 1)[2]
+    assert H.compare_arrays(50, 50, 0, 0)[2] and not H.compare_arrays(50, 49, 0, 0)[2]
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def test_list_names_every_op_and_backend(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    for op in _ops.OPS:
+        assert op.name in out
+    for name in backends.NAMES:
+        assert name in out
+
+
+def test_check_passes_on_the_reference(capsys):
+    assert cli.main(["check", "--backend", "numpy", "--op", "soft_dtw", "--op", "emd"]) == 0
+    out = capsys.readouterr().out
+    assert "soft_dtw" in out and "emd" in out and "FAIL" not in out and "2 passed, 0 failed" in out
+
+
+def test_check_fails_loudly_on_a_wrong_backend(monkeypatch, capsys):
+    bk = backends.get("numpy")
+    monkeypatch.setattr(bk, "soft_dtw", lambda C, gamma, **kw: _ops.get("soft_dtw").ref(C, gamma, **kw) + 1e-6)
+    assert cli.main(["check", "--backend", "numpy", "--op", "soft_dtw"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_check_reports_unavailable_backends_with_the_reason(monkeypatch, capsys):
+    monkeypatch.setenv("REFIMPL_DISABLE_TORCH", "1")
+    cli.main(["check", "--backend", "numpy", "--backend", "torch", "--op", "sdtw_cost"])
+    assert "torch: not checked — disabled by REFIMPL_DISABLE_TORCH" in capsys.readouterr().out
+
+
+def test_check_writes_json(tmp_path, capsys):
+    path = tmp_path / "rows.json"
+    cli.main(["check", "--backend", "numpy", "--op", "pairwise_cost", "--json", str(path)])
+    rows = json.loads(path.read_text())
+    assert rows and all(r["ok"] for r in rows) and {r["op"] for r in rows} == {"pairwise_cost"}
+
+
+def test_bench_prints_speedup_over_the_reference(capsys):
+    assert cli.main(["bench", "--backend", "numpy", "--op", "sdtw_cost", "--scale", "tiny",
+                     "--repeat", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "median ms" in out and "1.0x" in out
+
+
+def test_unknown_op_is_an_error():
+    with pytest.raises(ValueError, match="unknown op 'soft_dtwx'"):
+        cli.main(["check", "--op", "soft_dtwx"])
+
+
+# --------------------------------------------------------------------------- asv
+
+
+def _suite_classes():
+    sys.path.insert(0, str(ROOT / "asv_bench"))
+    try:
+        from benchmarks import common
+    finally:
+        sys.path.pop(0)
+    return {name: cls for fam in _ops.FAMILIES for name, cls in common.suite(fam).items()}
+
+
+def test_asv_suite_covers_every_op_forward_and_full():
+    classes = _suite_classes()
+    methods = {m for cls in classes.values() for m in vars(cls) if m.startswith(("time_", "track_"))}
+    for op in _ops.OPS:
+        base = op.grad_of or op.name
+        assert (f"time_full_{base}" if op.grad_of else f"time_{op.name}") in methods
+        assert f"track_peak_gpu_bytes_{base}" in methods
+
+
+def test_every_timed_benchmark_synchronises(monkeypatch):
+    """Each timed call must call the backend's synchronize (patched here to count)."""
+    bk = backends.get("numpy")
+    counter = []
+    monkeypatch.setattr(bk, "synchronize", lambda: counter.append(1))
+    for name, cls in _suite_classes().items():
+        method = next((m for m in vars(cls) if m.startswith("time_")), None)
+        if method is None:
+            continue
+        for label in cls.params[1]:
+            bench = cls()
+            try:
+                bench.setup("numpy", label, "float64")
+            except NotImplementedError:
+                continue
+            before = len(counter)
+            getattr(bench, method)("numpy", label, "float64")
+            assert len(counter) == before + 1, f"{name}.{method} did not synchronise"
+            break
+        else:
+            pytest.fail(f"{name} has no case that runs on the numpy backend")
