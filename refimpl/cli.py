@@ -112,8 +112,11 @@ def cmd_bench(args) -> int:
     if "numba_cuda" in names and backends.simulator():
         names.remove("numba_cuda")
         print("numba_cuda: not timed (the CUDA simulator measures Python, not kernels)")
-    if args.full:  # forward + backward: time each op's gradient partner on its own cases
-        ops = list(dict.fromkeys(H.partner(op) for op in ops))
+    if args.full:  # forward + backward: each op's gradient partner, on the partner's own cases
+        ops = list(dict.fromkeys(op if op.grad_of else H.partner(op) for op in ops))
+        ops = [op for op in ops if op.grad_of]
+        if not ops:
+            raise SystemExit("--full: none of the selected ops has a gradient partner")
     jobs = []
     for op in ops:
         for name in names:

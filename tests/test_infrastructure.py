@@ -197,27 +197,52 @@ def test_asv_suite_covers_every_op_forward_and_full():
     for op in _ops.OPS:
         base = op.grad_of or op.name
         assert (f"time_full_{base}" if op.grad_of else f"time_{op.name}") in methods
-        assert f"track_peak_gpu_bytes_{base}" in methods
+        if any(c.where != "cpu" for c in H.cases(op, "bench")):
+            assert f"track_peak_gpu_bytes_{base}" in methods
+    for name, cls in classes.items():
+        assert name.endswith(("CPU", "GPU")) and cls.params[0] == (
+            ["numpy", "torch"] if name.endswith("CPU") else ["torch", "cupy", "numba_cuda"])
 
 
 def test_every_timed_benchmark_synchronises(monkeypatch):
-    """Each timed call must call the backend's synchronize (patched here to count)."""
-    bk = backends.get("numpy")
+    """Each timed call must call its backend's synchronize (patched here to count). Every CPU
+    class must have a case that runs here; GPU classes are exercised on a GPU machine."""
     counter = []
-    monkeypatch.setattr(bk, "synchronize", lambda: counter.append(1))
-    for name, cls in _suite_classes().items():
+    for name in ("numpy", "torch"):
+        if backends.reason(name) is None:
+            monkeypatch.setattr(backends.get(name), "synchronize", lambda: counter.append(1))
+    ran = set()
+    for cname, cls in _suite_classes().items():
         method = next((m for m in vars(cls) if m.startswith("time_")), None)
         if method is None:
             continue
-        for label in cls.params[1]:
-            bench = cls()
-            try:
-                bench.setup("numpy", label, "float64")
-            except NotImplementedError:
-                continue
-            before = len(counter)
-            getattr(bench, method)("numpy", label, "float64")
-            assert len(counter) == before + 1, f"{name}.{method} did not synchronise"
-            break
-        else:
-            pytest.fail(f"{name} has no case that runs on the numpy backend")
+        for backend in cls.params[0]:
+            for label in cls.params[1]:
+                bench = cls()
+                try:
+                    bench.setup(backend, label, "float64")
+                except NotImplementedError:
+                    continue
+                before = len(counter)
+                getattr(bench, method)(backend, label, "float64")
+                assert len(counter) == before + 1, f"{cname}.{method} did not synchronise"
+                ran.add(cname)
+                break
+    cpu = {c for c in _suite_classes() if c.endswith("CPU")}
+    assert cpu <= ran, f"CPU benchmark classes with no runnable case: {sorted(cpu - ran)}"
+
+
+# --------------------------------------------------------------------------- the README
+
+
+def test_readme_tour_runs_and_computes_what_it_says(capsys):
+    pytest.importorskip("torch")
+    import re
+
+    code = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)[0]
+    ns: dict = {}
+    exec(compile(code, "README.md", "exec"), ns)
+    assert ns["E"].shape == (80, 60) and ns["Xt"].grad.shape == (80, 3)
+    assert ns["D"].item() >= 0
+    linear = float((ns["res"].plan * ns["C"] / ns["C"].max()).sum())
+    assert 0 <= linear - float(ns["exact"].cost) <= 0.005 * np.log(60)  # entropic bound (ot.md)

@@ -1,19 +1,22 @@
-"""asv benchmarks generated from the op registry (one class per op, one module per family).
+"""asv benchmarks generated from the op registry (one module per family).
 
-Parameters are ``(backend, case, dtype)`` with the registry's ``bench`` cases; combinations
-that cannot run here (backend unavailable, GPU-only size on a CPU device, dtype not offered,
-Numba's simulator) raise ``NotImplementedError`` in ``setup``, which asv reports as skipped.
-Every timed call synchronises the device before returning (``refimpl._harness.prepare``).
-``time_<op>`` times the forward op, ``time_full_<op>`` the op's gradient partner (forward +
-backward), ``track_peak_gpu_bytes_<op>`` the device high-water mark of that call.
+Each op gets classes for its CPU sizes (backends numpy and torch on the CPU) and for its GPU
+sizes (torch on CUDA, cupy, numba_cuda), parametrised by ``(backend, case, dtype)`` over the
+registry's ``bench`` cases. Combinations that cannot run here (backend unavailable, a size for
+the other kind of device, a dtype the backend does not offer, Numba's simulator) raise
+``NotImplementedError`` in ``setup``, which asv reports as skipped. Every timed call
+synchronises the device before returning (``refimpl._harness.prepare``).
+
+``time_<op>`` times the op; ``time_full_<op>`` its gradient partner (forward + backward);
+``track_peak_gpu_bytes_<op>`` the device high-water mark of the full call (GPU classes only).
 """
 
 import backends
 from refimpl import _harness as H
 from refimpl import _ops
 
-BACKENDS = list(backends.NAMES)
 DTYPES = ["float32", "float64"]
+BACKENDS = {"cpu": ["numpy", "torch"], "gpu": ["torch", "cupy", "numba_cuda"]}
 
 
 def _class_name(op_name: str) -> str:
@@ -32,17 +35,19 @@ def _backend_for(name: str, dtype: str):
     return bk
 
 
-def _make(base, timed, method: str):
-    """A benchmark class timing (or tracking the peak memory of) op ``timed`` on its own bench
-    cases, under the method name ``<method>_<base op>``."""
-    labels = [c.label for c in H.cases(timed, "bench")]
+def _make(base, timed, method: str, where: str):
+    """A benchmark class timing (or tracking the peak memory of) op ``timed`` on its ``where``
+    ("cpu"/"gpu") bench cases, under the method name ``<method>_<base op>``."""
+    labels = [c.label for c in H.cases(timed, "bench") if c.where in (where, "any")]
+    if not labels:
+        return None
     peak = method.startswith("track")
 
     def setup(self, backend, label, dtype):
         bk = _backend_for(backend, dtype)
         case = next(c for c in H.cases(timed, "bench") if c.label == label)
-        if not H.runs_here(case, bk):
-            raise NotImplementedError(f"{label} is a {case.where} size")
+        if H.on_gpu(bk) != (where == "gpu"):
+            raise NotImplementedError(f"{backend} runs on {bk.describe()}; this is a {where} size")
         if peak and bk.peak_memory() is None:
             raise NotImplementedError(f"{backend} reports no device memory")
         self.bk, self.call = bk, H.prepare(timed, bk, dtype, case)
@@ -59,24 +64,27 @@ def _make(base, timed, method: str):
 
     track.unit = "bytes"
     suffix = {"time": "", "time_full": "Full", "track_peak_gpu_bytes": "PeakMemory"}[method]
-    attrs = dict(params=[BACKENDS, labels, DTYPES], param_names=["backend", "case", "dtype"],
+    attrs = dict(params=[BACKENDS[where], labels, DTYPES], param_names=["backend", "case", "dtype"],
                  timeout=900, setup=setup)
     attrs[f"{method}_{base.name}"] = track if peak else run
-    return type(_class_name(base.name) + suffix, (), attrs)
+    return type(_class_name(base.name) + suffix + where.upper(), (), attrs)
 
 
 def suite(family: str) -> dict:
-    """``{class name: class}`` for every op of ``family``: ``time_<op>``, ``time_full_<op>``
-    (the gradient partner: forward + backward) and ``track_peak_gpu_bytes_<op>`` (of the full
-    call where there is one). Gradient partners get no classes of their own."""
+    """``{class name: class}`` for every op of ``family``: ``time_<op>`` and, for ops with a
+    gradient partner, ``time_full_<op>``, on CPU and GPU sizes; ``track_peak_gpu_bytes_<op>``
+    on GPU sizes. Gradient partners get no classes of their own."""
     out = {}
     for op in _ops.select(families=[family]):
         if op.grad_of is not None:
             continue
         full = H.partner(op)
-        specs = [("time", op)] + ([("time_full", full)] if full is not op else [])
-        specs.append(("track_peak_gpu_bytes", full))
-        for method, timed in specs:
-            cls = _make(op, timed, method)
-            out[cls.__name__] = cls
+        specs = [("time", op, "cpu"), ("time", op, "gpu")]
+        if full is not op:
+            specs += [("time_full", full, "cpu"), ("time_full", full, "gpu")]
+        specs.append(("track_peak_gpu_bytes", full, "gpu"))
+        for method, timed, where in specs:
+            cls = _make(op, timed, method, where)
+            if cls is not None:
+                out[cls.__name__] = cls
     return out

@@ -1,0 +1,206 @@
+"""refimpl against the implementations users compare with, timed in the same run.
+
+- Soft-DTW from points, forward + backward (``softdtw.md`` sec. 12 anchors): ours is
+  ``sdtw_cost`` -> ``soft_dtw_grad`` -> ``sdtw_cost_vjp``; pysdtw is ``SoftDTW(X, Y).sum()``
+  and ``backward()`` (its CUDA kernel on a GPU, its CPU path otherwise). GPU sizes are the
+  issue's B = 64 at 512^2 and 2048^2 (pysdtw handles 2048 only by looping inside a block).
+- Log-domain Sinkhorn, 100 iterations with no early stop (``ot.md`` sec. 6): ours
+  ``sinkhorn_log(tol=0)``; POT ``ot.sinkhorn(method="sinkhorn_log", stopThr=0)`` on torch
+  tensors (CUDA on a GPU) and on NumPy arrays. GPU size n = m = 10,000 fp32.
+
+Peers are test/bench-only dependencies; a missing one is skipped with the reason.
+"""
+
+import numpy as np
+
+import backends
+from refimpl import _harness as H
+
+D = 8          # feature size of the Soft-DTW point sets
+GAMMA = 0.1
+EPS = 0.05
+ITERS = 100
+SIZES = {
+    "softdtw": {"cpu": [(8, 64)], "gpu": [(64, 512), (64, 2048)]},
+    "sinkhorn": {"cpu": [500], "gpu": [10_000]},
+}
+OURS = {"cpu": ["numpy", "torch"], "gpu": ["torch", "cupy", "numba_cuda"]}
+
+
+def _torch_device(where):
+    import torch
+
+    if where == "gpu" and not torch.cuda.is_available():
+        raise NotImplementedError("torch sees no CUDA device")
+    return torch.device("cuda" if where == "gpu" else "cpu")
+
+
+def _ours(name, where, dtype):
+    bk = backends.get(name) if backends.reason(name) is None else None
+    if bk is None:
+        raise NotImplementedError(backends.reason(name))
+    if name == "numba_cuda" and backends.simulator():
+        raise NotImplementedError("the CUDA simulator is not timed")
+    if dtype not in bk.DTYPES or H.on_gpu(bk) != (where == "gpu"):
+        raise NotImplementedError(f"{name} on {bk.describe()} does not run {where} {dtype}")
+    return bk
+
+
+def _peer_module(name):
+    try:
+        if name == "pysdtw":
+            import pysdtw as mod
+        else:
+            import ot as mod
+        if name.endswith("torch") or name == "pysdtw":
+            import torch  # noqa: F401
+    except ImportError as exc:
+        raise NotImplementedError(f"peer {name} is not installed: {exc}")
+    return mod
+
+
+def _sync_torch(where):
+    if where == "gpu":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _peak_torch(where):
+    import torch
+
+    return torch.cuda.max_memory_allocated() if where == "gpu" else None
+
+
+class _Peers:
+    where = "cpu"
+    family = ""
+    peers = ()
+    timeout = 900
+
+    def setup(self, impl, size, dtype):
+        rng = np.random.default_rng(0)
+        self.sync, self.peak = (lambda: None), (lambda: None)
+        if impl in self.peers:
+            self.call = self.make_peer(impl, size, dtype, rng)
+            self.sync = lambda: _sync_torch(self.where)
+        else:
+            bk = _ours(impl, self.where, dtype)
+            self.call = self.make_ours(bk, size, dtype, rng)
+            self.sync, self.bk = bk.synchronize, bk
+        for _ in range(2):  # past JIT, context and handle creation
+            self.call()
+
+    def run(self, impl, size, dtype):
+        self.call()
+
+
+def _points(rng, B, N, dtype):
+    return (rng.normal(size=(B, N, D)) / np.sqrt(D)).astype(dtype)
+
+
+class SoftDtwPointsFull(_Peers):
+    family = "softdtw"
+    peers = ("pysdtw",)
+
+    def make_ours(self, bk, size, dtype, rng):
+        B, N = size
+        X, Y = bk.asarray(_points(rng, B, N, dtype)), bk.asarray(_points(rng, B, N, dtype))
+
+        def call():
+            C = bk.sdtw_cost(X, Y)
+            _, E = bk.soft_dtw_grad(C, GAMMA)
+            out = bk.sdtw_cost_vjp(X, Y, E)
+            bk.synchronize()
+            return out
+
+        return call
+
+    def make_peer(self, impl, size, dtype, rng):
+        pysdtw = _peer_module(impl)
+        import torch
+
+        dev = _torch_device(self.where)
+        B, N = size
+        X = torch.as_tensor(_points(rng, B, N, dtype), device=dev).requires_grad_()
+        Y = torch.as_tensor(_points(rng, B, N, dtype), device=dev)
+        fn = pysdtw.SoftDTW(gamma=GAMMA, use_cuda=dev.type == "cuda")
+
+        def call():
+            X.grad = None
+            fn(X, Y).sum().backward()
+            _sync_torch(self.where)
+
+        return call
+
+
+class SinkhornLogPeer(_Peers):
+    family = "sinkhorn"
+    peers = ("pot-numpy", "pot-torch")
+
+    @staticmethod
+    def _cost(rng, n, dtype):
+        x, y = rng.random((n, 2)), rng.random((n, 2))
+        C = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+        return (C / C.max()).astype(dtype)
+
+    def make_ours(self, bk, n, dtype, rng):
+        C = bk.asarray(self._cost(rng, n, dtype))
+
+        def call():
+            out = bk.sinkhorn_log(None, None, C, EPS, max_iter=ITERS, tol=0.0)
+            bk.synchronize()
+            return out
+
+        return call
+
+    def make_peer(self, impl, n, dtype, rng):
+        ot = _peer_module(impl)
+        C = self._cost(rng, n, dtype)
+        a = np.full(n, 1.0 / n, dtype=dtype)
+        if impl == "pot-torch":
+            import torch
+
+            dev = _torch_device(self.where)
+            C, a = torch.as_tensor(C, device=dev), torch.as_tensor(a, device=dev)
+        elif self.where == "gpu":
+            raise NotImplementedError("POT on NumPy is a CPU peer")
+
+        def call():
+            out = ot.sinkhorn(a, a, C, EPS, method="sinkhorn_log", numItermax=ITERS, stopThr=0.0,
+                              warn=False)
+            _sync_torch(self.where if impl == "pot-torch" else "cpu")
+            return out
+
+        return call
+
+
+def _variant(base, where):
+    """A concrete class for one device kind: params (implementation, size, dtype)."""
+    dtypes = ["float64"] if where == "cpu" else ["float32"]
+    attrs = dict(where=where, params=[OURS[where] + list(base.peers), SIZES[base.family][where], dtypes],
+                 param_names=["impl", "size", "dtype"])
+    name = {"softdtw": "soft_dtw_points", "sinkhorn": "sinkhorn_log"}[base.family]
+    attrs[f"time_full_{name}" if base is SoftDtwPointsFull else f"time_{name}_{ITERS}it"] = _Peers.run
+    if where == "gpu":
+        def track(self, impl, size, dtype):
+            if impl in self.peers:
+                import torch
+
+                torch.cuda.reset_peak_memory_stats()
+                self.call()
+                return _peak_torch(self.where)
+            self.bk.reset_peak_memory()
+            self.call()
+            return self.bk.peak_memory()
+
+        track.unit = "bytes"
+        attrs[f"track_peak_gpu_bytes_{name}"] = track
+    return type(base.__name__ + where.upper(), (base,), attrs)
+
+
+SoftDtwPointsFullCPU = _variant(SoftDtwPointsFull, "cpu")
+SoftDtwPointsFullGPU = _variant(SoftDtwPointsFull, "gpu")
+SinkhornLogPeerCPU = _variant(SinkhornLogPeer, "cpu")
+SinkhornLogPeerGPU = _variant(SinkhornLogPeer, "gpu")
+del SoftDtwPointsFull, SinkhornLogPeer  # only the concrete variants are benchmarks
