@@ -269,6 +269,16 @@ def ot_weights(w, name: str, size: int, shape: OTShape, to_numpy: Callable = np.
                          f"[{sums.min():.10g}, {sums.max():.10g}]); mismatched marginals")
 
 
+def marginals(a, b, cost_name: str, C, shape: OTShape, to_numpy: Callable = np.asarray) -> None:
+    """Both weight vectors: float arrays of the cost's dtype, shaped and summing to 1."""
+    for name, w in (("a", a), ("b", b)):
+        if w is not None:
+            float_array(w, name)
+            same_dtype(cost_name, C, name, w)
+    ot_weights(a, "a", shape.n, shape, to_numpy)
+    ot_weights(b, "b", shape.m, shape, to_numpy)
+
+
 class SinkhornArgs(NamedTuple):
     shape: OTShape
     eps: float
@@ -281,12 +291,7 @@ def sinkhorn_args(a, b, C, eps, max_iter, tol, check_every, init, has_nan: Calla
                   to_numpy: Callable = np.asarray) -> SinkhornArgs:
     """Validate a Sinkhorn call. ``has_nan(C)`` is the backend's own NaN test (one reduction)."""
     shape = ot_cost(C)
-    for name, w in (("a", a), ("b", b)):
-        if w is not None:
-            float_array(w, name)
-            same_dtype("C", C, name, w)
-    ot_weights(a, "a", shape.n, shape, to_numpy)
-    ot_weights(b, "b", shape.m, shape, to_numpy)
+    marginals(a, b, "C", C, shape, to_numpy)
     if has_nan(C):
         raise ValueError("C contains NaN (+inf entries are allowed: they forbid transport)")
     if init is not None:
@@ -320,12 +325,7 @@ def sinkhorn_divergence_args(a, b, C_xy, C_xx, C_yy, eps, max_iter, tol,
         if tuple(Cs.shape) != want:
             raise ValueError(f"{name} must have shape {want} (C_xy's batch, {k} x {k}), "
                              f"got {tuple(Cs.shape)}")
-    for name, w in (("a", a), ("b", b)):
-        if w is not None:
-            float_array(w, name)
-            same_dtype("C_xy", C_xy, name, w)
-    ot_weights(a, "a", shape.n, shape, to_numpy)
-    ot_weights(b, "b", shape.m, shape, to_numpy)
+    marginals(a, b, "C_xy", C_xy, shape, to_numpy)
     for name, Cs in (("C_xy", C_xy), ("C_xx", C_xx), ("C_yy", C_yy)):
         if has_nan(Cs):
             raise ValueError(f"{name} contains NaN (+inf entries are allowed: they forbid transport)")
@@ -344,12 +344,7 @@ def emd_args(a, b, C, has_nonfinite: Callable[[object], bool],
     """Validate an ``emd``/``emd_grad`` call: one 2-D problem, finite costs, valid weights."""
     shape = ot_cost(C)
     emd_size(shape)
-    for name, w in (("a", a), ("b", b)):
-        if w is not None:
-            float_array(w, name)
-            same_dtype("C", C, name, w)
-    ot_weights(a, "a", shape.n, shape, to_numpy)
-    ot_weights(b, "b", shape.m, shape, to_numpy)
+    marginals(a, b, "C", C, shape, to_numpy)
     if has_nonfinite(C):
         raise ValueError("C must be finite for emd (NaN or inf found; forbid a pair with a large "
                          "finite cost instead)")

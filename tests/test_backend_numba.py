@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 import backends
+from refimpl._cases.softdtw import pad_nan as _pad_nan_inplace
 
 pytest.importorskip("numba")
 from backends.numba_cuda import _kernels as K  # noqa: E402
@@ -45,12 +46,8 @@ def rng_for(seed):
 
 
 def pad_nan(A, lengths, axis):
-    A = A.copy()
-    for b, n in enumerate(lengths):
-        idx = [b] + [slice(None)] * (A.ndim - 1)
-        idx[axis] = slice(n, None)
-        A[tuple(idx)] = np.nan
-    return A
+    """A copy of ``A`` with NaN beyond ``lengths[b]`` along ``axis`` (the registry's padding)."""
+    return _pad_nan_inplace(A.copy(), lengths, axis)
 
 
 # --------------------------------------------------------------------------- (a) PTX for cc 9.0
@@ -150,7 +147,7 @@ def test_sim_soft_dtw_strides_band_padding(nb, monkeypatch, path):
     for bw in (None, 0, 2):
         for g in (0.1, 1.0):
             v0, E0 = sd.soft_dtw_grad(C, g, len_x=lx, len_y=ly, bandwidth=bw)
-            v, E = nb.soft_dtw_grad(_d(nb, C), g, len_x=_d(nb, lx), len_y=ly, bandwidth=bw)
+            v, E = nb.soft_dtw_grad(_d(nb, C), g, len_x=_d(nb, lx), len_y=_d(nb, ly), bandwidth=bw)
             np.testing.assert_allclose(_h(nb, v), v0, rtol=1e-12)
             np.testing.assert_allclose(_h(nb, E), E0, rtol=0, atol=1e-12)
     v, E = nb.soft_dtw_grad(_d(nb, C, "float32"), 0.1, len_x=_d(nb, lx), len_y=_d(nb, ly),
@@ -219,9 +216,11 @@ def test_sim_divergence_ragged_nan_padding_zero_lengths(nb, monkeypatch, kind):
     assert v[0] == 0.0 and v[1] == 0.0  # zero-length pairs: value 0, zero gradients
     assert not dX[:2].any() and not dY[:2].any()
     assert not dX[2, 3:].any() and not dY[3, 6:].any()  # padded rows
-    v1 = nb.soft_dtw_divergence(_d(nb, X), _d(nb, Y), 0.3, kind=kind, len_x=lx, len_y=ly,
-                                penalty=_d(nb, P), bandwidth=1)
+    v1 = nb.soft_dtw_divergence(_d(nb, X), _d(nb, Y), 0.3, kind=kind, len_x=_d(nb, lx),
+                                len_y=_d(nb, ly), penalty=_d(nb, P), bandwidth=1)
     np.testing.assert_array_equal(_h(nb, v1), v)
+    with pytest.raises(TypeError, match="len_x is a numpy.ndarray"):  # host lengths: refused
+        nb.soft_dtw_divergence(_d(nb, X), _d(nb, Y), 0.3, kind=kind, len_x=lx, len_y=ly)
 
 
 @sim_only

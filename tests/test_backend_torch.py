@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import backends
+from refimpl._cases.softdtw import pad_nan as _pad_nan_inplace
 
 torch = pytest.importorskip("torch")
 if backends.reason("torch") is not None:
@@ -39,12 +40,8 @@ def L(v):
 
 
 def pad_nan(A, lengths, axis):
-    A = A.copy()
-    for b, n in enumerate(lengths):
-        idx = [b] + [slice(None)] * (A.ndim - 1)
-        idx[axis] = slice(n, None)
-        A[tuple(idx)] = np.nan
-    return A
+    """A copy of ``A`` with NaN beyond ``lengths[b]`` along ``axis`` (the registry's padding)."""
+    return _pad_nan_inplace(A.copy(), lengths, axis)
 
 
 def ragged_points(rng, B, N, M, d, low=1):

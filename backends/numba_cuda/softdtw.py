@@ -44,9 +44,8 @@ def _native(**arrays) -> None:
 
 
 def _host_ints(v):
-    """Lengths as a host array: device arrays are copied (B integers), host arrays pass."""
-    v = K.unmeta(v)
-    return K.to_numpy(v) if K.is_native(v) else np.asarray(v)
+    """Lengths (a native device array, checked by ``_native``) copied to the host: B integers."""
+    return K.to_numpy(K.unmeta(v))
 
 
 def _scalar(dtype: str, x: float):
@@ -125,7 +124,7 @@ def _value_out(value, batched: bool, like):
 
 
 def _soft_dtw(C, gamma, len_x, len_y, bandwidth, need_grad):
-    _native(C=C)
+    _native(C=C, len_x=len_x, len_y=len_y)
     args = V.soft_dtw_args(K.meta(C), gamma, len_x, len_y, bandwidth, to_numpy=_host_ints)
     dtype = V.dtype_name(C)
     B, N, M = args.shape.B, args.shape.N, args.shape.M
@@ -260,7 +259,7 @@ def sdtw_cost_vjp(X, Y, G, *, kind="sqeuclidean"):
 
 
 def _divergence(X, Y, gamma, kind, len_x, len_y, penalty, bandwidth, need_grad):
-    _native(X=X, Y=Y, penalty=penalty)
+    _native(X=X, Y=Y, penalty=penalty, len_x=len_x, len_y=len_y)
     args = V.divergence_args(K.meta(X), K.meta(Y), gamma, kind, len_x, len_y, K.meta(penalty),
                              bandwidth, to_numpy=_host_ints)
     dtype = V.dtype_name(X)

@@ -26,7 +26,7 @@ def _ragged(rng, B, N, low=1):
     return rng.integers(low, N + 1, size=B).astype(np.int64)
 
 
-def _pad_nan(A, lengths, axis):
+def pad_nan(A, lengths, axis):
     """NaN beyond ``lengths[b]`` along ``axis`` (1 or 2) of a (B, ...) array, in place."""
     for b, n in enumerate(lengths):
         idx = [b] + [slice(None)] * (A.ndim - 1)
@@ -45,7 +45,7 @@ def cases_soft_dtw(rng, scale):
         out = [Case("2d_3x4", dict(C=_cost_batch(rng, 1, 3, 4)[0], gamma=1.0))]
         for gamma, bw in ((0.1, None), (1.0, 1)):
             C, lx, ly = _cost_batch(rng, 2, 6, 6), _ragged(rng, 2, 6), _ragged(rng, 2, 6)
-            _pad_nan(_pad_nan(C, lx, 1), ly, 2)
+            pad_nan(pad_nan(C, lx, 1), ly, 2)
             out.append(Case(f"B2_ragged6_g{gamma}_bw{bw}",
                             dict(C=C, gamma=gamma, len_x=lx, len_y=ly, bandwidth=bw)))
         return out
@@ -53,7 +53,7 @@ def cases_soft_dtw(rng, scale):
         out = []
         for gamma in (0.01, 0.1, 1.0):
             C, lx, ly = _cost_batch(rng, 4, 32, 32), _ragged(rng, 4, 32, 8), _ragged(rng, 4, 32, 8)
-            _pad_nan(_pad_nan(C, lx, 1), ly, 2)
+            pad_nan(pad_nan(C, lx, 1), ly, 2)
             out.append(Case(f"B4_ragged32_g{gamma}", dict(C=C, gamma=gamma, len_x=lx, len_y=ly)))
         out.append(Case("B4_32x24_band3", dict(C=_cost_batch(rng, 4, 32, 24), gamma=0.1, bandwidth=3)))
         out.append(Case("2d_40x17_g0.1", dict(C=_cost_batch(rng, 1, 40, 17)[0], gamma=0.1)))
@@ -109,12 +109,12 @@ def _divergence_kwargs(rng, B, N, M, d, *, kind="sqeuclidean", gamma=0.1, ragged
     kw = dict(X=X, Y=Y, gamma=gamma, kind=kind, bandwidth=bandwidth)
     if ragged:
         kw["len_x"], kw["len_y"] = _ragged(rng, B, N, low), _ragged(rng, B, M, low)
-        _pad_nan(X, kw["len_x"], 1)
-        _pad_nan(Y, kw["len_y"], 1)
+        pad_nan(X, kw["len_x"], 1)
+        pad_nan(Y, kw["len_y"], 1)
     if penalty:
         P = 0.1 * rng.random((B, N, M))
         if ragged:
-            _pad_nan(_pad_nan(P, kw["len_x"], 1), kw["len_y"], 2)
+            pad_nan(pad_nan(P, kw["len_x"], 1), kw["len_y"], 2)
         kw["penalty"] = P
     return kw
 
