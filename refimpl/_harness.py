@@ -20,6 +20,7 @@ import numpy as np
 import backends
 from refimpl._ops import Case, Op
 
+MISSING = "missing: the backend does not offer this op"
 DEVICE_BANDWIDTH = {"H100": 3.0e12}  # practical HBM ceilings (performance.md sec. 1), bytes/s
 
 
@@ -75,7 +76,9 @@ def rounded(value, dtype: str):
 
 
 def to_host(bk: ModuleType, result):
-    """Native arrays in a result (array, tuple or namedtuple) -> NumPy; other values kept."""
+    """Native arrays in a result (array, tuple, namedtuple or dict) -> NumPy; other values kept."""
+    if isinstance(result, dict):
+        return {k: to_host(bk, v) for k, v in result.items()}
     if isinstance(result, tuple):
         items = [to_host(bk, r) for r in result]
         return type(result)(*items) if hasattr(result, "_fields") else tuple(items)
@@ -108,7 +111,7 @@ def compare_arrays(got, want, rtol: float, atol: float) -> tuple[float, float, b
 
     Infinities must match exactly and NaN only where the reference has NaN."""
     if not isinstance(want, np.ndarray) and not isinstance(got, np.ndarray):
-        if isinstance(want, (bool, int, str)) or want is None:
+        if isinstance(want, (bool, int, str)) or want is None:  # exact: counts, flags, None
             return 0.0, 0.0, got == want
     got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
     if got.shape != want.shape:
@@ -137,6 +140,11 @@ def _compare(op: Op, bk_name: str, dtype: str, label: str, got: dict, want: dict
         a, r, ok = compare_arrays(got[name], w, rtol, atol)
         rows.append(Row(op.name, bk_name, dtype, label, name, a, r, ok))
     return rows
+
+
+def offers(bk: ModuleType, op: Op) -> bool:
+    """Whether a backend has the op (a backend either computes an op or does not have it)."""
+    return callable(getattr(bk, op.name, None))
 
 
 def check_case(op: Op, bk: ModuleType, dtype: str, case: Case) -> list[Row]:
@@ -176,6 +184,9 @@ def check(ops: Iterable[Op], backend_names: Iterable[str], scale: str | None = N
         bk = backends.get(name)
         sc = scale or default_scale(name)
         for op in ops:
+            if not offers(bk, op):
+                rows.append(Row(op.name, name, "-", "-", "-", 0.0, 0.0, True, MISSING))
+                continue
             for dtype in (d for d in bk.DTYPES if dtypes is None or d in dtypes):
                 for case in cases(op, sc):
                     if progress:

@@ -52,6 +52,8 @@ class Op:
         """The comparable outputs of one (NumPy) result, by name."""
         if self.outputs is not None:
             return self.outputs(result, kwargs)
+        if isinstance(result, dict):
+            return dict(result)
         if isinstance(result, tuple):
             return dict(zip(self.out_names, result))
         return {self.out_names[0]: result}

@@ -349,3 +349,117 @@ def emd_args(a, b, C, has_nonfinite: Callable[[object], bool],
         raise ValueError("C must be finite for emd (NaN or inf found; forbid a pair with a large "
                          "finite cost instead)")
     return shape
+
+
+# --------------------------------------------------------------------------- preference (DPO, logits-SAM)
+
+PREF_LOSS_TYPES = ("sigmoid", "hinge", "ipo")
+PREF_DELTAS = ("weight", "gram")
+
+
+class PrefShape(NamedTuple):
+    R: int
+    T: int
+    d: int
+    V: int
+
+
+def pref_head(H, W, labels, mask, b=None, to_numpy: Callable = np.asarray) -> PrefShape:
+    """Validate ``H`` (R, T, d), ``W`` (V, d), ``b`` (V,) or None, integer ``labels`` (R, T) and
+    ``mask`` (R, T) (bool, integer or float with values in {0, 1}); R even (chosen rows first).
+
+    Reads ``labels`` and ``mask`` on the host (O(R T)) to check ``0 <= labels < V`` where
+    mask = 1; masked labels may hold anything (e.g. -100)."""
+    float_array(H, "H", ndims=(3,), allowed=FLOATS + ("bfloat16",))
+    float_array(W, "W", ndims=(2,), allowed=FLOATS + ("bfloat16",))
+    same_dtype("H", H, "W", W)
+    R, T, d = (int(s) for s in H.shape)
+    V = int(W.shape[0])
+    if int(W.shape[1]) != d:
+        raise ValueError(f"W must have shape (V, d) with d = {d} (H's last axis), got {tuple(W.shape)}")
+    if R % 2 or R == 0:
+        raise ValueError(f"H must have an even, non-zero number of rows R = 2B (chosen rows first, "
+                         f"then rejected), got R = {R}")
+    if b is not None:
+        float_array(b, "b", ndims=(1,), allowed=FLOATS + ("bfloat16",))
+        same_dtype("W", W, "b", b)
+        if tuple(b.shape) != (V,):
+            raise ValueError(f"b must have shape ({V},) (W's rows), got {tuple(b.shape)}")
+    for name, x in (("labels", labels), ("mask", mask)):
+        if not hasattr(x, "shape"):
+            raise TypeError(f"{name} must be an array of shape ({R}, {T}), got {type(x).__name__}")
+        if tuple(x.shape) != (R, T):
+            raise ValueError(f"{name} must have shape ({R}, {T}) (H's first two axes), got "
+                             f"{tuple(x.shape)}")
+    y = np.asarray(to_numpy(labels))
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"labels must be an integer array, got dtype {y.dtype}")
+    m = pref_mask(mask, to_numpy)
+    if m.any():
+        ym = y[m]
+        if ym.min() < 0 or ym.max() >= V:
+            raise ValueError(f"labels must lie in [0, {V}) where mask = 1, got values in "
+                             f"[{ym.min()}, {ym.max()}]")
+    return PrefShape(R, T, d, V)
+
+
+def pref_mask(mask, to_numpy: Callable = np.asarray) -> np.ndarray:
+    """``mask`` as a host bool array; values must be 0 or 1."""
+    h = np.asarray(to_numpy(mask))
+    if h.dtype == bool:
+        return h
+    if h.dtype.kind not in "iuf":
+        raise TypeError(f"mask must be bool, integer or float, got dtype {h.dtype}")
+    if not np.all((h == 0) | (h == 1)):
+        raise ValueError("mask must hold only 0 and 1 (1 = completion token)")
+    return h != 0
+
+
+def pref_logps(logp, ref_logp, R: int | None = None) -> int:
+    """Sequence log-probs ``logp`` and ``ref_logp``, both (R,) with R even; returns B = R / 2."""
+    float_array(logp, "logp", ndims=(1,), allowed=FLOATS + ("bfloat16",))
+    pref_ref_logp(ref_logp, int(logp.shape[0]) if R is None else R)
+    n = int(logp.shape[0])
+    if n % 2 or n == 0:
+        raise ValueError(f"logp must have an even, non-zero length R = 2B (chosen first), got {n}")
+    return n // 2
+
+
+def pref_ref_logp(ref_logp, R: int) -> None:
+    float_array(ref_logp, "ref_logp", ndims=(1,), allowed=FLOATS + ("bfloat16",))
+    if tuple(ref_logp.shape) != (R,):
+        raise ValueError(f"ref_logp must have shape ({R},) (one value per row, chosen first), got "
+                         f"{tuple(ref_logp.shape)}")
+
+
+def pref_loss(beta, loss_type, label_smoothing) -> tuple[float, str, float]:
+    """``beta > 0``, ``loss_type`` in sigmoid/hinge/ipo, ``0 <= label_smoothing <= 1`` and
+    non-zero only with ``loss_type="sigmoid"``."""
+    beta = positive_float(beta, "beta")
+    loss_type = choice(loss_type, "loss_type", PREF_LOSS_TYPES)
+    eps = nonneg_float(label_smoothing, "label_smoothing")
+    if eps > 1:
+        raise ValueError(f"label_smoothing must lie in [0, 1], got {eps}")
+    if eps != 0 and loss_type != "sigmoid":
+        raise ValueError(f"label_smoothing applies to loss_type='sigmoid' only, got "
+                         f"label_smoothing={eps} with loss_type={loss_type!r}")
+    return beta, loss_type, eps
+
+
+def pref_chunks(token_chunk, vocab_chunk) -> tuple[int | None, int | None]:
+    return tuple(None if c is None else positive_int(c, name)
+                 for name, c in (("token_chunk", token_chunk), ("vocab_chunk", vocab_chunk)))
+
+
+def pref_sam(rho, norm_eps, delta, adaptive) -> tuple[float, float, str]:
+    """``rho >= 0`` (required), ``norm_eps > 0``, ``delta`` in weight/gram (gram is non-adaptive)."""
+    if rho is None:
+        raise TypeError("rho is required (no default: the code's 0.05 is a SAM leftover; the "
+                        "paper finds 1e-5..1e-4 robust)")
+    rho = nonneg_float(rho, "rho")
+    norm_eps = positive_float(norm_eps, "norm_eps")
+    delta = choice(delta, "delta", PREF_DELTAS)
+    if delta == "gram" and adaptive:
+        raise ValueError("delta='gram' is the non-adaptive identity; use delta='weight' with "
+                         "adaptive=True")
+    return rho, norm_eps, delta

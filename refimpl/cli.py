@@ -87,6 +87,9 @@ def cmd_check(args) -> int:
         groups[(r.op, r.backend, r.dtype)].append(r)
     table = []
     for (op, bk, dt), rs in groups.items():
+        if rs[0].note == H.MISSING:
+            table.append([op, bk, "-", 0, "-", "-", "missing", "not offered by this backend"])
+            continue
         ok = all(r.ok for r in rs)
         host = " (host solve)" if _ops.get(op).host_solver and bk != "numpy" else ""
         host += " (simulator)" if bk.startswith("numba_cuda") and backends.simulator() else ""
@@ -99,7 +102,8 @@ def cmd_check(args) -> int:
     for name, why in skipped.items():
         print(f"{name}: not checked — {why}")
     n_bad = sum(1 for r in table if r[6] == "FAIL")
-    print(f"\n{len(table) - n_bad} passed, {n_bad} failed "
+    n_missing = sum(1 for r in table if r[6] == "missing")
+    print(f"\n{len(table) - n_bad - n_missing} passed, {n_bad} failed, {n_missing} missing "
           f"({len(rows)} comparisons; backends skipped: {', '.join(skipped) or 'none'})")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps([r.__dict__ for r in rows], indent=1, default=str))
@@ -122,6 +126,8 @@ def cmd_bench(args) -> int:
         for name in names:
             bk = backends.get(name)
             scale = args.scale
+            if not H.offers(bk, op):
+                continue
             for case in H.cases(op, scale):
                 if scale == "bench" and not H.runs_here(case, bk):
                     continue
@@ -159,7 +165,8 @@ def cmd_demo(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     summary = importlib.import_module(f"refimpl.demos.{args.name}").run(out)
     print(f"wrote {out / (args.name + '.png')} and {out / (args.name + '.json')}")
-    print(json.dumps(summary.get("headline", {}), indent=1, default=str))
+    scalars = {k: v for k, v in summary.items() if not isinstance(v, (list, dict))}
+    print(json.dumps({**scalars, **summary.get("headline", {})}, indent=1, default=str))
     return 0
 
 

@@ -45,6 +45,8 @@ def _make(base, timed, method: str, where: str):
 
     def setup(self, backend, label, dtype):
         bk = _backend_for(backend, dtype)
+        if not H.offers(bk, timed):
+            raise NotImplementedError(f"{backend} does not offer {timed.name}")
         case = next(c for c in H.cases(timed, "bench") if c.label == label)
         if H.on_gpu(bk) != (where == "gpu"):
             raise NotImplementedError(f"{backend} runs on {bk.describe()}; this is a {where} size")
