@@ -6,10 +6,11 @@ same signatures and are cross-checked against these. ``import refimpl`` imports 
 SciPy only.
 
 Families: :mod:`refimpl.softdtw` (Soft-DTW, arXiv 1703.01541, 2010.08354) and
-:mod:`refimpl.ot` (entropic and exact optimal transport).
+:mod:`refimpl.ot` (entropic and exact optimal transport), :mod:`refimpl.preference` (DPO
+through a linear head and logits-SAM, arXiv 2305.18290, 2603.18258).
 """
 
-from refimpl import ot, softdtw
+from refimpl import ot, preference, softdtw
 
 __version__ = "0.1.0"
-__all__ = ["ot", "softdtw", "__version__"]
+__all__ = ["ot", "preference", "softdtw", "__version__"]

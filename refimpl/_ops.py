@@ -17,6 +17,7 @@ import numpy as np
 
 from refimpl._cases import Case
 from refimpl._cases import ot as _ot
+from refimpl._cases import preference as _pf
 from refimpl._cases import softdtw as _sd
 
 __all__ = ["Case", "Op", "OPS", "REGISTRY", "FAMILIES", "SCALES", "get", "select"]
@@ -97,6 +98,26 @@ OPS: tuple[Op, ...] = (
        host_solver=True, doc="exact OT by linear programming (host solve in every backend)"),
     Op("emd_grad", "ot", _ot.PAPER, ("dC", "da", "db"), _ot.cases_emd, _ot.TOL_EXACT,
        host_solver=True, grad_of="emd", doc="gradients of the exact OT cost"),
+    Op("seq_logps", "preference", _pf.PAPER, ("logp",), _pf.cases_seq_logps, _pf.TOL,
+       wrt=("H", "W", "b"), vjp=_pf.vjp_seq_logps,
+       doc="masked sequence log-probs through a linear head (dense or chunked)"),
+    Op("dpo_loss", "preference", _pf.DPO_PAPER, ("loss", "chosen_rewards", "rejected_rewards"),
+       _pf.cases_dpo_loss, _pf.TOL, wrt=("logp",), vjp=_pf.vjp_dpo_loss,
+       doc="DPO loss family (sigmoid, hinge, ipo) and rewards from sequence log-probs"),
+    Op("dpo_loss_grad", "preference", _pf.DPO_PAPER, ("loss", "dlogp"), _pf.cases_dpo_loss,
+       _pf.TOL, grad_of="dpo_loss", doc="DPO loss and its gradient w.r.t. the log-probs"),
+    Op("linear_dpo_loss", "preference", _pf.DPO_PAPER, ("loss",), _pf.cases_linear_dpo, _pf.TOL,
+       wrt=("H", "W", "b"), vjp=_pf.vjp_linear_dpo, doc="DPO through a linear LM head"),
+    Op("linear_dpo_loss_grad", "preference", _pf.DPO_PAPER, ("loss", "dH", "dW", "db"),
+       _pf.cases_linear_dpo, _pf.TOL, grad_of="linear_dpo_loss",
+       doc="fused DPO forward+backward: loss and gradients w.r.t. H, W, b"),
+    Op("logits_sam_dpo", "preference", _pf.PAPER, ("loss_post",), _pf.cases_logits_sam, _pf.TOL,
+       wrt=("H", "W", "b"), vjp=_pf.vjp_logits_sam,
+       doc="logits-SAM: DPO loss at the perturbed head W + eps (eps frozen)"),
+    Op("logits_sam_dpo_grad", "preference", _pf.PAPER,
+       ("loss_pre", "loss_post", "grad_norm", "eps_W", "dH", "dW", "db", "chosen_rewards",
+        "rejected_rewards"), _pf.cases_logits_sam, _pf.TOL, outputs=_pf.sam_outputs,
+       grad_of="logits_sam_dpo", doc="one exact logits-SAM step (official code's non-ZeRO path)"),
 )
 
 REGISTRY: dict[str, Op] = {op.name: op for op in OPS}

@@ -135,11 +135,53 @@ def specs() -> list[tuple[str, object, tuple[str, ...]]]:
     return out
 
 
+def _serialise_simulator_shared_arrays() -> None:
+    """Make the CUDA simulator's static ``cuda.shared.array`` allocation thread-safe.
+
+    numba-cuda's simulator (checked in 0.30.4, ``FakeCUDAShared.array``) allocates a block's
+    static shared array the first time a source line asks for it, with an unlocked
+    look-up-then-insert. When the interpreter switches threads in between, two simulated threads
+    of one block each get their own ``np.empty`` buffer, stop sharing memory, and a reduction
+    reads uninitialised values: random wrong results under load (seen here as shifted Sinkhorn
+    potentials, about 1 run in 10 on a busy 2-core machine). Real GPUs are unaffected. This
+    replacement keys allocations by the caller's (file, line) as the simulator does, under a
+    lock; dynamic shared memory (``shape == 0``) is left to the simulator."""
+    import sys
+    import threading
+
+    from numba.core import types
+    from numba.cuda.simulator import kernelapi
+    from numba.np import numpy_support
+
+    cls = kernelapi.FakeCUDAShared
+    if getattr(cls, "_refimpl_serialised", False):
+        return
+    dynamic, lock = cls.array, threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if shape == 0 or alignment is not None:
+            return dynamic(self, shape, dtype, alignment)
+        caller = sys._getframe(1)
+        key = (caller.f_code.co_filename, caller.f_lineno)
+        with lock:
+            buf = self._allocations.get(key)
+            if buf is None:
+                if isinstance(dtype, types.Type):
+                    dtype = numpy_support.as_dtype(dtype)
+                buf = self._allocations[key] = np.empty(shape, dtype)
+        return buf
+
+    cls.array = array
+    cls._refimpl_serialised = True
+
+
 def kernel(name: str, dtype: str):
     """The compiled kernel ``name`` for ``dtype`` (compiled on first use, then cached)."""
     key = (name, dtype)
     k = _COMPILED.get(key)
     if k is None:
+        if simulator():
+            _serialise_simulator_shared_arrays()
         k = cuda.jit(signature(name, dtype))(functions(dtype)[name])
         _COMPILED[key] = k
     return k

@@ -7,6 +7,9 @@ import numpy as np
 
 from refimpl.ot import (emd, emd_grad, pairwise_cost, sinkhorn, sinkhorn_cost,  # noqa: F401
                         sinkhorn_cost_grad, sinkhorn_divergence, sinkhorn_log)
+from refimpl.preference import (dpo_loss, dpo_loss_grad, linear_dpo_loss,  # noqa: F401
+                                linear_dpo_loss_grad, logits_sam_dpo, logits_sam_dpo_grad,
+                                seq_logps)
 from refimpl.softdtw import (sdtw_cost, sdtw_cost_vjp, soft_dtw, soft_dtw_divergence,  # noqa: F401
                              soft_dtw_divergence_grad, soft_dtw_grad)
 

@@ -95,15 +95,16 @@ def autograd_vjp(fn, kwargs: dict, wrt, cotangent) -> dict:
     """Autograd's vector-Jacobian product of ``fn(**kwargs)`` w.r.t. the inputs named in ``wrt``.
 
     Each differentiated input is replaced by a detached clone with ``requires_grad=True``, the
-    output ``y`` is computed, and ``sum(cotangent * y)`` is backpropagated. Returns
+    output ``y`` (the first one, for ops returning a tuple such as ``(loss, rewards...)``) is
+    computed, and ``sum(cotangent * y)`` is backpropagated. Returns
     ``{name: gradient}`` for each name in ``wrt`` (the harness compares them with the
     reference VJP's ``"d" + name``); an input the output does not depend on gets zeros.
     """
     leaves = {name: kwargs[name].detach().clone().requires_grad_(True) for name in wrt}
     with torch.enable_grad():
         out = fn(**{**kwargs, **leaves})
-        if isinstance(out, tuple):
-            raise TypeError(f"autograd_vjp needs a single-output op, got a tuple of {len(out)}")
+        if isinstance(out, tuple):  # ops with several outputs differentiate the first (the loss)
+            out = out[0]
         cot = cotangent if isinstance(cotangent, torch.Tensor) else torch.as_tensor(cotangent)
         cot = cot.to(device=out.device, dtype=out.dtype)
         grads = torch.autograd.grad(out, list(leaves.values()), grad_outputs=cot,
@@ -117,6 +118,10 @@ from backends.torch.ot import (  # noqa: E402
     emd, emd_grad, pairwise_cost, sinkhorn, sinkhorn_cost, sinkhorn_cost_grad,
     sinkhorn_divergence, sinkhorn_log,
 )
+from backends.torch.preference import (  # noqa: E402
+    dpo_loss, dpo_loss_grad, linear_dpo_loss, linear_dpo_loss_grad, logits_sam_dpo,
+    logits_sam_dpo_grad, seq_logps,
+)
 from backends.torch.softdtw import (  # noqa: E402
     sdtw_cost, sdtw_cost_vjp, soft_dtw, soft_dtw_divergence, soft_dtw_divergence_grad,
     soft_dtw_grad,
@@ -129,4 +134,6 @@ __all__ = [
     "soft_dtw_divergence_grad",
     "sinkhorn_log", "sinkhorn", "sinkhorn_cost", "sinkhorn_cost_grad", "sinkhorn_divergence",
     "pairwise_cost", "emd", "emd_grad",
+    "seq_logps", "dpo_loss", "dpo_loss_grad", "linear_dpo_loss", "linear_dpo_loss_grad",
+    "logits_sam_dpo", "logits_sam_dpo_grad",
 ]

@@ -1,0 +1,458 @@
+r"""DPO-family losses through a linear head, and logits-SAM, on torch tensors (preference.md).
+
+Same functions, signatures and results as :mod:`refimpl.preference`; inputs are torch tensors
+on any device. H (R, T, d), W (V, d), optional b (V,) in float32, float64 or bfloat16 (one
+dtype for all three); labels (R, T) integer (already shifted); mask (R, T) bool or {0, 1};
+ref_logp (R,) float. Rows are stacked chosen first (row i chosen, row B + i rejected).
+
+Structure (preference.md sec. 8):
+
+- :class:`_TokenLogp`, one custom ``torch.autograd.Function``, computes the log-probs
+  ``z_y - LSE(z)`` of the selected tokens of the *compacted* rows (mask = 1 only; prompt and
+  padding never reach a matmul) with an online log-sum-exp over vocab blocks
+  (``token_chunk`` x ``vocab_chunk``; ``None`` = one block), storing only ``lse`` (n values);
+  its backward recomputes each logit block, ``G_b = c (onehot_b(y) - exp(Z_b - lse))`` and
+  accumulates ``dH``, ``dW``, ``db``. With chunks set, no N x V tensor exists at any time.
+  Accumulation dtype: float64 for float64 inputs, float32 otherwise (bf16 blocks are upcast;
+  ``dW``/``db`` accumulate in float32 and are cast to the input dtype at the end).
+- The DPO formula (sec. 3) is :func:`_dpo_from_logp`, plain torch code written once, used by
+  every function here (losses, rewards and ``dL/dlogp`` via autograd).
+- logits-SAM (sec. 5, 6) runs the four sweeps: A) clean forward (lse0, L_pre, kappa0),
+  B) ``g_W = G0^T H`` into one V x d buffer (float32 for bf16) -> ``eps_W = rho g_W / n``,
+  A') forward on ``W_b + eps_b`` (formed in float32 per vocab block, never rounded to bf16),
+  B') backward at Z' -> ``dH = G'(W + eps)``, ``dW = G'^T H``, ``db = sum G'``.
+  ``logits_sam_dpo`` returns ``L_post`` differentiable by autograd w.r.t. H, W, b with eps
+  frozen (the same Function, with eps passed as a constant).
+  ``delta="gram"`` (non-adaptive only) replaces the V x d buffer by ``K = H_c H_c^T`` (n x n):
+  ``Z' = Z0 + (rho/n) K G0`` with G0 recomputed per block, ``n^2 = <G0 G0^T, K>_F``, and
+  ``dH = G' W + (rho/n) (G' G0^T) H``; ``eps_W`` is returned as None (as the reference). It
+  recomputes G0 of all n tokens for every (row block, vocab block): worth it only when n << d.
+
+Dtypes of the outputs (our choice): gradients have the input dtype; scalar/vector results
+(losses, log-probs, rewards, ``grad_norm``) have the accumulation dtype (float32 for bf16
+inputs, so that e.g. ``loss_post - loss_pre`` is not rounded to bf16); ``eps_W`` is float32 for
+bf16 inputs (it is below the bf16 spacing of W, sec. 5).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from backends.torch import is_native, to_numpy
+from refimpl import _validate as V
+
+__all__ = [
+    "dpo_loss", "dpo_loss_grad", "linear_dpo_loss", "linear_dpo_loss_grad", "logits_sam_dpo",
+    "logits_sam_dpo_grad", "seq_logps",
+]
+
+LOSS_TYPES = V.PREF_LOSS_TYPES
+DELTAS = V.PREF_DELTAS
+
+
+def _native(**arrays) -> None:
+    V.native("torch", is_native, "torch.Tensor", **arrays)
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# --------------------------------------------------------------------------- validation
+# Through the shared helpers of refimpl/_validate.py (the reference's messages).
+
+
+def _dpo_options(beta, loss_type, label_smoothing):
+    return V.pref_loss(beta, loss_type, label_smoothing)
+
+
+def _logp_pair(logp, ref_logp):
+    return V.pref_logps(logp, ref_logp)
+
+
+def _head(H, W, labels, mask, b):
+    """Shapes of a linear-head call (reads labels and mask on the host, O(R T))."""
+    if not isinstance(labels, torch.Tensor) or not isinstance(mask, torch.Tensor):
+        raise TypeError("labels and mask must be torch tensors")
+    return V.pref_head(H, W, labels, mask, b, to_numpy=to_numpy)
+
+
+class _Tokens:
+    """The compacted completion tokens of a call (mask = 1 only)."""
+
+    def __init__(self, H, labels, mask, Vn: int):
+        R, T, d = H.shape
+        m = mask.reshape(-1) != 0
+        self.pos = torch.nonzero(m).squeeze(1)                 # flat indices (n,)
+        self.y = labels.reshape(-1).index_select(0, self.pos).to(torch.int64)
+        self.row = torch.div(self.pos, T, rounding_mode="floor")
+        self.counts = torch.bincount(self.row, minlength=R)   # n_r
+        self.R, self.T, self.d = R, T, d
+
+    def compact(self, H):
+        flat = H.reshape(-1, self.d)
+        if self.pos.numel() == flat.shape[0]:        # no masked token: no gather
+            return flat
+        return flat.index_select(0, self.pos)
+
+    def row_sum(self, tok, average: bool):
+        out = torch.zeros(self.R, dtype=tok.dtype, device=tok.device).index_add(0, self.row, tok)
+        if average:
+            if bool((self.counts == 0).any()):
+                empty = torch.nonzero(self.counts == 0).squeeze(1).tolist()
+                raise ValueError(f"mask has rows with an empty completion {empty}: the token mean "
+                                 f"(IPO / average=True) is undefined (n_r = 0)")
+            out = out / self.counts.to(out.dtype)
+        return out
+
+
+# --------------------------------------------------------------------------- the fused head
+
+
+def _blocks(n: int, chunk):
+    step = chunk if chunk is not None else max(n, 1)
+    return [(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def _w_rows(W, eps, idx, cd):
+    """Rows of the effective head ``W + eps`` in the accumulation dtype (eps a tensor or None)."""
+    Wb = W[idx].to(cd)
+    if isinstance(eps, torch.Tensor):
+        Wb = Wb + eps[idx]
+    return Wb
+
+
+def _logit_block(Hr, W, b, pert, i0, i1, j0, j1, cd):
+    """``(Z_b, W_b)``: the logits of rows i0:i1 (``Hr``) and vocab block j0:j1, and the head
+    rows they used. ``pert``: None, a weight perturbation eps (tensor) or a :class:`_Gram`."""
+    Wb = _w_rows(W, pert, slice(j0, j1), cd)
+    Z = Hr @ Wb.T if b is None else torch.addmm(b[j0:j1].to(cd), Hr, Wb.T)
+    if isinstance(pert, _Gram):
+        Z = Z + pert.delta(i0, i1, j0, j1)
+    return Z, Wb
+
+
+def _onehot_add(G, yr, j0, j1, val):
+    """``G[k, y_k - j0] += val_k`` for the rows whose target lies in block j0:j1 (no host
+    synchronisation: rows outside the block add 0 at a clamped column)."""
+    inb = (yr >= j0) & (yr < j1)
+    col = (yr - j0).clamp(0, j1 - j0 - 1)
+    return G.index_put_((torch.arange(G.shape[0], device=G.device), col),
+                        torch.where(inb, val, 0).to(G.dtype), accumulate=True)
+
+
+def _forward_sweep(Hc, W, b, pert, y, token_chunk, vocab_chunk):
+    """Per-token ``(z_y - lse, lse)`` with an online LSE over vocab blocks (sweeps A, A');
+    ``z_y`` is picked from the block that holds it."""
+    cd = _acc_dtype(Hc.dtype)
+    n, Vn, dev = Hc.shape[0], W.shape[0], Hc.device
+    tok = torch.empty(n, dtype=cd, device=dev)
+    lse = torch.empty(n, dtype=cd, device=dev)
+    for i0, i1 in _blocks(n, token_chunk):
+        Hr, yr = Hc[i0:i1].to(cd), y[i0:i1]
+        mx = torch.full((i1 - i0,), -torch.inf, dtype=cd, device=dev)
+        s = torch.zeros(i1 - i0, dtype=cd, device=dev)
+        zy = torch.zeros(i1 - i0, dtype=cd, device=dev)
+        for j0, j1 in _blocks(Vn, vocab_chunk):
+            Z, _ = _logit_block(Hr, W, b, pert, i0, i1, j0, j1, cd)
+            mx_new = torch.maximum(mx, Z.amax(dim=1))
+            s = s * torch.exp(mx - mx_new) + torch.exp(Z - mx_new[:, None]).sum(dim=1)
+            mx = mx_new
+            inb = (yr >= j0) & (yr < j1)
+            zy = torch.where(inb, Z.gather(1, (yr - j0).clamp(0, j1 - j0 - 1)[:, None])[:, 0], zy)
+        lse[i0:i1] = mx + torch.log(s)
+        tok[i0:i1] = zy - lse[i0:i1]
+    return tok, lse
+
+
+def _grad_block(Hr, W, b, pert, yr, lr, cr, i0, i1, j0, j1, cd):
+    """``(G_b = c (onehot_b(y) - exp(Z_b - lse)), W_b)`` recomputed for one block."""
+    Z, Wb = _logit_block(Hr, W, b, pert, i0, i1, j0, j1, cd)
+    G = torch.exp(Z - lr[:, None]).mul_(-cr[:, None])
+    return _onehot_add(G, yr, j0, j1, cr), Wb
+
+
+def _backward_sweep(Hc, W, b, pert, y, lse, c, token_chunk, vocab_chunk,
+                    need_H=True, need_W=True, need_b=True):
+    """Recompute each logit block; with ``G = c (onehot(y) - softmax)`` return
+    ``(G (W + eps), G^T H, sum G)`` (None where not needed), in the accumulation dtype. With a
+    :class:`_Gram` ``pert``, ``dH = G W + (rho/n) (G G0^T) H`` (eps_W = (rho/n) G0^T H frozen)."""
+    cd = _acc_dtype(Hc.dtype)
+    n, d, Vn, dev = Hc.shape[0], Hc.shape[1], W.shape[0], Hc.device
+    gram = isinstance(pert, _Gram)
+    dH = torch.zeros(n, d, dtype=cd, device=dev) if need_H else None
+    dW = torch.zeros(Vn, d, dtype=cd, device=dev) if need_W else None
+    db = torch.zeros(Vn, dtype=cd, device=dev) if need_b else None
+    for i0, i1 in _blocks(n, token_chunk):
+        Hr, yr, cr, lr = Hc[i0:i1].to(cd), y[i0:i1], c[i0:i1].to(cd), lse[i0:i1]
+        Mr = torch.zeros(i1 - i0, n, dtype=cd, device=dev) if (gram and need_H) else None
+        for j0, j1 in _blocks(Vn, vocab_chunk):
+            G, Wb = _grad_block(Hr, W, b, pert, yr, lr, cr, i0, i1, j0, j1, cd)
+            if need_H:
+                dH[i0:i1].addmm_(G, Wb)
+                if Mr is not None:
+                    Mr.addmm_(G, pert.g0(j0, j1).T)
+            if need_W:
+                dW[j0:j1].addmm_(G.T, Hr)
+            if need_b:
+                db[j0:j1] += G.sum(dim=0)
+        if Mr is not None:
+            dH[i0:i1] += pert.scale * (Mr @ pert.Hc)
+    return dH, dW, db
+
+
+class _Gram:
+    """``delta="gram"``: ``Z' = Z0 + (rho/n) K G0`` with ``K = H_c H_c^T`` (n x n) and G0 the
+    clean logit gradient, recomputed per vocab block for all n tokens (never a V x d buffer);
+    ``n^2 = <G0 G0^T, K>_F`` accumulated over vocab blocks. Cost O(n^2 (d + V))."""
+
+    def __init__(self, Hc, W, b, y, lse0, c0, rho, norm_eps, token_chunk, vocab_chunk):
+        cd = _acc_dtype(Hc.dtype)
+        self.Hc, self.W, self.b, self.y, self.lse0, self.c0 = Hc.to(cd), W, b, y, lse0, c0
+        self.cd, self.token_chunk = cd, token_chunk
+        self.K = self.Hc @ self.Hc.T
+        n_tok = Hc.shape[0]
+        GG = torch.zeros(n_tok, n_tok, dtype=cd, device=Hc.device)
+        for j0, j1 in _blocks(W.shape[0], vocab_chunk):
+            G0 = self.g0(j0, j1)
+            GG += G0 @ G0.T
+        n = torch.sqrt(torch.clamp((GG * self.K).sum(), min=0.0))
+        self.norm = torch.clamp(n, min=norm_eps)
+        self.scale = rho / self.norm
+
+    def g0(self, j0, j1):
+        """Clean logit gradient ``G0[:, j0:j1]`` of all n tokens (n, j1 - j0)."""
+        out = torch.empty(self.Hc.shape[0], j1 - j0, dtype=self.cd, device=self.Hc.device)
+        for i0, i1 in _blocks(self.Hc.shape[0], self.token_chunk):
+            out[i0:i1], _ = _grad_block(self.Hc[i0:i1], self.W, self.b, None, self.y[i0:i1],
+                                        self.lse0[i0:i1], self.c0[i0:i1], i0, i1, j0, j1,
+                                        self.cd)
+        return out
+
+    def delta(self, i0, i1, j0, j1):
+        return self.scale * (self.K[i0:i1] @ self.g0(j0, j1))
+
+
+class _TokenLogp(torch.autograd.Function):
+    """Per-token log-probs ``log softmax(H_c (W + eps)^T + b)[y]`` of the compacted tokens.
+
+    ``pert`` is None, a constant perturbation eps (accumulation dtype, added per vocab block in
+    the accumulation dtype) or a :class:`_Gram`; the gradient w.r.t. W is the gradient at
+    ``W + eps`` and no gradient flows through the perturbation."""
+
+    @staticmethod
+    def forward(ctx, Hc, W, b, pert, y, token_chunk, vocab_chunk):
+        tok, lse = _forward_sweep(Hc, W, b, pert, y, token_chunk, vocab_chunk)
+        eps = pert if isinstance(pert, torch.Tensor) else None
+        ctx.save_for_backward(Hc, W, b, eps, y, lse)
+        ctx.gram = pert if isinstance(pert, _Gram) else None
+        ctx.chunks = (token_chunk, vocab_chunk)
+        return tok
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_tok):
+        Hc, W, b, eps, y, lse = ctx.saved_tensors
+        pert = ctx.gram if ctx.gram is not None else eps
+        need_H, need_W, need_b = ctx.needs_input_grad[:3]
+        dH, dW, db = _backward_sweep(Hc, W, b, pert, y, lse, grad_tok, *ctx.chunks,
+                                     need_H=need_H, need_W=need_W,
+                                     need_b=need_b and b is not None)
+        return (None if dH is None else dH.to(Hc.dtype),
+                None if dW is None else dW.to(W.dtype),
+                None if db is None else db.to(b.dtype),
+                None, None, None, None)
+
+
+def _seq_logps(H, W, b, eps, toks: _Tokens, average, token_chunk, vocab_chunk):
+    Hc = toks.compact(H)
+    tok = _TokenLogp.apply(Hc, W, b, eps, toks.y, token_chunk, vocab_chunk)
+    return toks.row_sum(tok, average)
+
+
+# --------------------------------------------------------------------------- the DPO formula
+
+
+def _dpo_from_logp(logp, ref_logp, beta, loss_type, ls):
+    """Sec. 3, written once: ``(L, chosen_rewards, rejected_rewards)`` (rewards detached)."""
+    B = logp.shape[0] // 2
+    ref = ref_logp.to(logp.dtype)
+    dc = logp[:B] - ref[:B]
+    dr = logp[B:] - ref[B:]
+    h = dc - dr
+    u = beta * h
+    if loss_type == "sigmoid":
+        losses = -(1.0 - ls) * F.logsigmoid(u) - ls * F.logsigmoid(-u)
+    elif loss_type == "hinge":
+        losses = torch.relu(1.0 - u)
+    else:  # ipo (log-probs are token means)
+        losses = (h - 1.0 / (2.0 * beta)) ** 2
+    return losses.mean(), (beta * dc).detach(), (beta * dr).detach()
+
+
+def _as_acc(x):
+    return x.to(_acc_dtype(x.dtype))
+
+
+def dpo_loss(logp, ref_logp, beta, *, loss_type="sigmoid", label_smoothing=0.0):
+    """``(loss, chosen_rewards (B,), rejected_rewards (B,))`` from sequence log-probs (sec. 3).
+
+    Differentiable by autograd w.r.t. ``logp`` (and ``ref_logp``)."""
+    _native(logp=logp, ref_logp=ref_logp)
+    _logp_pair(logp, ref_logp)
+    beta, loss_type, ls = _dpo_options(beta, loss_type, label_smoothing)
+    return _dpo_from_logp(_as_acc(logp), ref_logp, beta, loss_type, ls)
+
+
+def dpo_loss_grad(logp, ref_logp, beta, *, loss_type="sigmoid", label_smoothing=0.0):
+    """``(loss, dlogp (R,))``: ``dlogp = (+kappa/B, -kappa/B)`` for (chosen, rejected)."""
+    _native(logp=logp, ref_logp=ref_logp)
+    _logp_pair(logp, ref_logp)
+    beta, loss_type, ls = _dpo_options(beta, loss_type, label_smoothing)
+    with torch.enable_grad():
+        lp = _as_acc(logp).detach().requires_grad_(True)
+        loss = _dpo_from_logp(lp, ref_logp.detach(), beta, loss_type, ls)[0]
+        (g,) = torch.autograd.grad(loss, lp)
+    return loss.detach(), g.to(logp.dtype) if logp.dtype != torch.bfloat16 else g
+
+
+# --------------------------------------------------------------------------- linear head
+
+
+def _head_call(H, W, labels, mask, b, token_chunk, vocab_chunk):
+    _native(H=H, W=W, labels=labels, mask=mask, b=b)
+    Vn = _head(H, W, labels, mask, b).V
+    tc, vc = V.pref_chunks(token_chunk, vocab_chunk)
+    return _Tokens(H, labels, mask, Vn), tc, vc
+
+
+def seq_logps(H, W, labels, mask, b=None, *, average=False, token_chunk=None, vocab_chunk=None):
+    """Sequence log-probs ``l_r = sum_t m_rt log softmax(H_rt W^T + b)[y_rt]`` (R,), or the
+    token mean with ``average=True``; differentiable w.r.t. H, W, b (fused, chunked)."""
+    toks, tc, vc = _head_call(H, W, labels, mask, b, token_chunk, vocab_chunk)
+    return _seq_logps(H, W, b, None, toks, bool(average), tc, vc)
+
+
+def _linear_args(H, W, labels, mask, ref_logp, beta, b, loss_type, label_smoothing,
+                 token_chunk, vocab_chunk):
+    toks, tc, vc = _head_call(H, W, labels, mask, b, token_chunk, vocab_chunk)
+    _native(ref_logp=ref_logp)
+    V.pref_ref_logp(ref_logp, toks.R)
+    beta, loss_type, ls = _dpo_options(beta, loss_type, label_smoothing)
+    return toks, tc, vc, beta, loss_type, ls
+
+
+def _linear_loss(H, W, b, eps, ref_logp, toks, tc, vc, beta, loss_type, ls):
+    logp = _seq_logps(H, W, b, eps, toks, loss_type == "ipo", tc, vc)
+    return _dpo_from_logp(logp, ref_logp, beta, loss_type, ls)
+
+
+def linear_dpo_loss(H, W, labels, mask, ref_logp, beta, b=None, *, loss_type="sigmoid",
+                    label_smoothing=0.0, token_chunk=None, vocab_chunk=None):
+    """The DPO loss of the head ``Z = H W^T + b`` (mean over pairs); differentiable w.r.t.
+    H, W, b by autograd through the fused :class:`_TokenLogp`."""
+    args = _linear_args(H, W, labels, mask, ref_logp, beta, b, loss_type, label_smoothing,
+                        token_chunk, vocab_chunk)
+    return _linear_loss(H, W, b, None, ref_logp, *args)[0]
+
+
+def _grads_of(loss, H, W, b):
+    leaves = [H, W] + ([b] if b is not None else [])
+    gs = torch.autograd.grad(loss, leaves, allow_unused=True)
+    gs = [torch.zeros_like(x) if g is None else g for x, g in zip(leaves, gs)]
+    return gs[0], gs[1], (gs[2] if b is not None else None)
+
+
+def _leaf(x):
+    return None if x is None else x.detach().requires_grad_(True)
+
+
+def linear_dpo_loss_grad(H, W, labels, mask, ref_logp, beta, b=None, *, loss_type="sigmoid",
+                         label_smoothing=0.0, token_chunk=None, vocab_chunk=None):
+    """``(loss, dH, dW, db)``; ``db`` is None when ``b`` is None."""
+    toks, tc, vc, beta, loss_type, ls = _linear_args(
+        H, W, labels, mask, ref_logp, beta, b, loss_type, label_smoothing, token_chunk,
+        vocab_chunk)
+    with torch.enable_grad():
+        Hl, Wl, bl = _leaf(H), _leaf(W), _leaf(b)
+        loss = _linear_loss(Hl, Wl, bl, None, ref_logp.detach(), toks, tc, vc, beta,
+                            loss_type, ls)[0]
+        dH, dW, db = _grads_of(loss, Hl, Wl, bl)
+    return loss.detach(), dH, dW, db
+
+
+# --------------------------------------------------------------------------- logits-SAM
+
+
+def _sam_args(H, W, labels, mask, ref_logp, beta, rho, b, loss_type, label_smoothing,
+              adaptive, norm_eps, delta, token_chunk, vocab_chunk):
+    args = _linear_args(H, W, labels, mask, ref_logp, beta, b, loss_type, label_smoothing,
+                        token_chunk, vocab_chunk)
+    rho, norm_eps, delta = V.pref_sam(rho, norm_eps, delta, adaptive)
+    return args, rho, norm_eps, delta, bool(adaptive)
+
+
+def _perturbation(H, W, b, ref_logp, toks, tc, vc, beta, loss_type, ls, rho, norm_eps,
+                  adaptive, delta):
+    """Sweeps A and B: ``(loss_pre, n, pert)``. ``delta="weight"``: pert = eps_W = rho g_W / n
+    (V, d; accumulation dtype, a constant), ``g_W = G0^T H`` (times ``|W|`` with ``adaptive``);
+    ``delta="gram"``: pert is a :class:`_Gram` (no V x d buffer). n in at least float32."""
+    average = loss_type == "ipo"
+    with torch.no_grad():
+        Hc = toks.compact(H.detach())
+        Wd, bd = W.detach(), (None if b is None else b.detach())
+        tok0, lse0 = _forward_sweep(Hc, Wd, bd, None, toks.y, tc, vc)          # A
+    with torch.enable_grad():
+        l0 = toks.row_sum(tok0, average).detach().requires_grad_(True)
+        loss_pre = _dpo_from_logp(l0, ref_logp.detach(), beta, loss_type, ls)[0]
+        (dl0,) = torch.autograd.grad(loss_pre, l0)
+    with torch.no_grad():
+        c0 = dl0.index_select(0, toks.row)                                      # dL/dtok
+        if average:
+            c0 = c0 / toks.counts.index_select(0, toks.row).to(c0.dtype)
+        if delta == "gram":
+            g = _Gram(Hc, Wd, bd, toks.y, lse0, c0, rho, norm_eps, tc, vc)
+            return loss_pre.detach(), g.norm, g
+        _, gW, _ = _backward_sweep(Hc, Wd, bd, None, toks.y, lse0, c0, tc, vc,   # B
+                                   need_H=False, need_W=True, need_b=False)
+        if adaptive:
+            gW.mul_(Wd.abs().to(gW.dtype))
+        n = torch.clamp(torch.linalg.vector_norm(gW), min=norm_eps)
+        eps_W = gW.mul_(rho / n)                                                 # in place
+    return loss_pre.detach(), n, eps_W
+
+
+def logits_sam_dpo(H, W, labels, mask, ref_logp, beta, rho, b=None, *, loss_type="sigmoid",
+                   label_smoothing=0.0, adaptive=False, norm_eps=1e-12, delta="weight",
+                   token_chunk=None, vocab_chunk=None):
+    """``L_post = DPO(H (W + eps_W)^T + b)``, differentiable w.r.t. H, W, b with eps_W frozen
+    (dW = G'^T H, dH = G' (W + eps_W), db = sum G')."""
+    (toks, tc, vc, beta, loss_type, ls), rho, norm_eps, delta, adaptive = _sam_args(
+        H, W, labels, mask, ref_logp, beta, rho, b, loss_type, label_smoothing, adaptive,
+        norm_eps, delta, token_chunk, vocab_chunk)
+    _, _, pert = _perturbation(H, W, b, ref_logp, toks, tc, vc, beta, loss_type, ls, rho,
+                               norm_eps, adaptive, delta)
+    return _linear_loss(H, W, b, pert, ref_logp, toks, tc, vc, beta, loss_type, ls)[0]
+
+
+def logits_sam_dpo_grad(H, W, labels, mask, ref_logp, beta, rho, b=None, *,
+                        loss_type="sigmoid", label_smoothing=0.0, adaptive=False,
+                        norm_eps=1e-12, delta="weight", token_chunk=None, vocab_chunk=None):
+    """The logits-SAM step (sec. 5, four sweeps of sec. 6): a dict with ``loss_pre``,
+    ``loss_post``, ``grad_norm`` (n), ``eps_W`` (V, d; None for ``delta="gram"``), ``dH``,
+    ``dW``, ``db`` (None without b), ``chosen_rewards``, ``rejected_rewards`` (at Z')."""
+    (toks, tc, vc, beta, loss_type, ls), rho, norm_eps, delta, adaptive = _sam_args(
+        H, W, labels, mask, ref_logp, beta, rho, b, loss_type, label_smoothing, adaptive,
+        norm_eps, delta, token_chunk, vocab_chunk)
+    loss_pre, n, pert = _perturbation(H, W, b, ref_logp, toks, tc, vc, beta, loss_type, ls,
+                                      rho, norm_eps, adaptive, delta)
+    with torch.enable_grad():                                                   # A', B'
+        Hl, Wl, bl = _leaf(H), _leaf(W), _leaf(b)
+        loss_post, cr, rr = _linear_loss(Hl, Wl, bl, pert, ref_logp.detach(), toks, tc, vc,
+                                         beta, loss_type, ls)
+        dH, dW, db = _grads_of(loss_post, Hl, Wl, bl)
+    return {"loss_pre": loss_pre, "loss_post": loss_post.detach(), "grad_norm": n.detach(),
+            "eps_W": pert if isinstance(pert, torch.Tensor) else None,
+            "dH": dH, "dW": dW, "db": db, "chosen_rewards": cr, "rejected_rewards": rr}
