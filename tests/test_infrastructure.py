@@ -227,6 +227,12 @@ def test_asv_suite_covers_every_op_forward_and_full():
             ["numpy", "torch"] if name.endswith("CPU") else ["torch", "cupy", "numba_cuda"])
 
 
+def test_every_family_has_an_asv_module():
+    for family in _ops.FAMILIES:
+        module = ROOT / "asv_bench" / "benchmarks" / f"bench_{family}.py"
+        assert module.exists() and f'suite("{family}")' in module.read_text(), module
+
+
 def test_every_timed_benchmark_synchronises(monkeypatch):
     """Each timed call must call its backend's synchronize (patched here to count). Every CPU
     class must have a case that runs here; GPU classes are exercised on a GPU machine."""
