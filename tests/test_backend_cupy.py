@@ -531,10 +531,12 @@ class _Smem:
 @pytest.fixture
 def emu(emulator, monkeypatch):
     """The backend modules with NumPy for CuPy and the emulator for the GPU."""
+    import backends.cupy as package
     import backends.cupy.ot as bot
     import backends.cupy.softdtw as bsd
 
     fake = _NumpyAsCupy()
+    monkeypatch.setattr(package, "cupy", fake)  # is_native (the mixed-backend check) lives here
     monkeypatch.setattr(bsd, "cupy", fake)
     monkeypatch.setattr(bot, "cupy", fake)
     monkeypatch.setattr(K, "launch", emulator.launch)

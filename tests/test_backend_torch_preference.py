@@ -70,7 +70,7 @@ def dense_grads(H, W, b, labels, mask, ref, beta, loss_type="sigmoid", ls=0.0, e
     return (L.detach(), *torch.autograd.grad(L, leaves))
 
 
-def close(a, b, tol):
+def assert_close(a, b, tol):
     assert a.shape == b.shape
     err = float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
     assert err <= tol, f"max abs error {err:.3e} > {tol:.1e}"
@@ -89,10 +89,10 @@ def test_linear_dpo_loss_grad_vs_dense_oracle(loss_type, ls, chunks):
                                  label_smoothing=ls, token_chunk=chunks[0],
                                  vocab_chunk=chunks[1])
     for g, w in zip(got, want):
-        close(g, w, 1e-12)
+        assert_close(g, w, 1e-12)
     loss = P.linear_dpo_loss(H, W, labels, mask, ref, beta, b, loss_type=loss_type,
                              label_smoothing=ls, token_chunk=chunks[0], vocab_chunk=chunks[1])
-    close(loss, want[0], 1e-13)
+    assert_close(loss, want[0], 1e-13)
 
 
 def test_no_bias_and_seq_logps():
@@ -103,13 +103,13 @@ def test_no_bias_and_seq_logps():
     zero = torch.zeros_like(b)
     want = dense_grads(H, W, zero, labels, mask, ref, 0.5)
     for g, w in zip((L, dH, dW), want[:3]):
-        close(g, w, 1e-12)
+        assert_close(g, w, 1e-12)
     Z = H @ W.T + b
     y = torch.where(mask, labels, 0)
     lp = (torch.log_softmax(Z, -1).gather(-1, y[..., None])[..., 0] * mask).sum(1)
     for avg in (False, True):
         got = P.seq_logps(H, W, labels, mask, b, average=avg, token_chunk=3, vocab_chunk=4)
-        close(got, lp / mask.sum(1) if avg else lp, 1e-12)
+        assert_close(got, lp / mask.sum(1) if avg else lp, 1e-12)
 
 
 @pytest.mark.parametrize("loss_type,ls", LOSSES)
@@ -119,17 +119,17 @@ def test_dpo_loss_and_grad(loss_type, ls):
     ref = torch.randn(6, generator=g, dtype=F64) * 3
     beta = 0.7
     loss, cr, rr = P.dpo_loss(logp, ref, beta, loss_type=loss_type, label_smoothing=ls)
-    close(cr, beta * (logp[:3] - ref[:3]), 1e-15)
-    close(rr, beta * (logp[3:] - ref[3:]), 1e-15)
+    assert_close(cr, beta * (logp[:3] - ref[:3]), 1e-15)
+    assert_close(rr, beta * (logp[3:] - ref[3:]), 1e-15)
     L2, dlogp = P.dpo_loss_grad(logp, ref, beta, loss_type=loss_type, label_smoothing=ls)
-    close(L2, loss, 0)
+    assert_close(L2, loss, 0)
     # closed form kappa of sec. 3
     h = (logp[:3] - ref[:3]) - (logp[3:] - ref[3:])
     u = beta * h
     kappa = {"sigmoid": beta * (torch.sigmoid(u) - 1 + ls),
              "hinge": -beta * (u < 1).to(F64),
              "ipo": 2 * (h - 1 / (2 * beta))}[loss_type]
-    close(dlogp, torch.cat([kappa / 3, -kappa / 3]), 1e-14)
+    assert_close(dlogp, torch.cat([kappa / 3, -kappa / 3]), 1e-14)
 
 
 def test_gradcheck_linear_dpo_loss():
@@ -148,12 +148,12 @@ def test_chunked_equals_unchunked():
         got = P.linear_dpo_loss_grad(H, W, labels, mask, ref, 0.1, b, token_chunk=tc,
                                      vocab_chunk=vc)
         for g, w in zip(got, base):
-            close(g, w, 1e-12)
+            assert_close(g, w, 1e-12)
     s0 = P.logits_sam_dpo_grad(H, W, labels, mask, ref, 0.1, 0.05, b)
     s1 = P.logits_sam_dpo_grad(H, W, labels, mask, ref, 0.1, 0.05, b, token_chunk=7,
                                vocab_chunk=50)
     for k, v in s0.items():
-        close(s1[k], v, 1e-12)
+        assert_close(s1[k], v, 1e-12)
 
 
 def test_conventions_swap_and_duplicate():
@@ -167,15 +167,15 @@ def test_conventions_swap_and_duplicate():
                               token_chunk=3, vocab_chunk=4)
         s_ = P.linear_dpo_loss(H[swap], W, labels[swap], mask[swap], ref[swap], 0.5, b,
                                label_smoothing=1 - ls, token_chunk=3, vocab_chunk=4)
-        close(a, s_, 1e-13)
+        assert_close(a, s_, 1e-13)
     dup = torch.cat([torch.arange(B), torch.arange(B), torch.arange(B, 2 * B),
                      torch.arange(B, 2 * B)])
-    close(P.linear_dpo_loss(H[dup], W, labels[dup], mask[dup], ref[dup], 0.5, b),
+    assert_close(P.linear_dpo_loss(H[dup], W, labels[dup], mask[dup], ref[dup], 0.5, b),
           P.linear_dpo_loss(H, W, labels, mask, ref, 0.5, b), 1e-13)
     l1 = P.seq_logps(H, W, labels, mask, b)
     l2 = P.seq_logps(torch.cat([H, H], 1), W, torch.cat([labels, labels], 1),
                      torch.cat([mask, mask], 1), b, token_chunk=5, vocab_chunk=3)
-    close(l2, 2 * l1, 1e-12)
+    assert_close(l2, 2 * l1, 1e-12)
 
 
 # --------------------------------------------------------------------------- masks
@@ -191,7 +191,7 @@ def test_masked_positions_change_nothing():
         got = P.linear_dpo_loss_grad(H2, W, lab, mask, ref, 0.4, b, token_chunk=4, vocab_chunk=5)
         assert float(got[0]) == float(base[0])
         for x, y in zip(got[1:], base[1:]):
-            close(x, y, 1e-14)
+            assert_close(x, y, 1e-14)
     assert bool((base[1][~mask] == 0).all())                          # dH exactly 0
     assert bool((base[1][mask] != 0).any())
     s = P.logits_sam_dpo_grad(H2, W, labels, mask.to(torch.int64), ref, 0.4, 0.01, b)
@@ -247,7 +247,7 @@ def test_label_and_mask_dtypes():
                    (labels, mask.to(torch.int64))):
         got = P.linear_dpo_loss_grad(H, W, lab, m, ref, 0.5, b, token_chunk=3, vocab_chunk=4)
         for g, w in zip(got, base):
-            close(g, w, 0.0)
+            assert_close(g, w, 0.0)
 
 
 # --------------------------------------------------------------------------- logits-SAM
@@ -271,36 +271,36 @@ def test_logits_sam_vs_dense_oracle(loss_type, ls):
     L_post, dH, dW, db = dense_grads(H, W, b, labels, mask, ref, beta, loss_type, ls, eps=eps)
     out = P.logits_sam_dpo_grad(H, W, labels, mask, ref, beta, rho, b, loss_type=loss_type,
                                 label_smoothing=ls, token_chunk=4, vocab_chunk=4)
-    close(out["loss_pre"], L_pre, 1e-13)
-    close(out["loss_post"], L_post, 1e-13)
-    close(out["grad_norm"], n, 1e-13)
-    close(out["eps_W"], eps, 1e-13)
-    close(out["dH"], dH, 1e-12)
-    close(out["dW"], dW, 1e-12)
-    close(out["db"], db, 1e-12)
+    assert_close(out["loss_pre"], L_pre, 1e-13)
+    assert_close(out["loss_post"], L_post, 1e-13)
+    assert_close(out["grad_norm"], n, 1e-13)
+    assert_close(out["eps_W"], eps, 1e-13)
+    assert_close(out["dH"], dH, 1e-12)
+    assert_close(out["dW"], dW, 1e-12)
+    assert_close(out["db"], db, 1e-12)
     assert abs(float(out["eps_W"].norm()) - rho) < 1e-14
     # autograd of logits_sam_dpo (eps frozen) gives the same gradients
     leaves = [x.clone().requires_grad_(True) for x in (H, W, b)]
     Lp = P.logits_sam_dpo(*leaves[:2], labels, mask, ref, beta, rho, leaves[2],
                           loss_type=loss_type, label_smoothing=ls, token_chunk=4, vocab_chunk=4)
     for g, w in zip(torch.autograd.grad(Lp, leaves), (dH, dW, db)):
-        close(g, w, 1e-12)
+        assert_close(g, w, 1e-12)
     gram = P.logits_sam_dpo_grad(H, W, labels, mask, ref, beta, rho, b, loss_type=loss_type,
                                  label_smoothing=ls, delta="gram")
     assert gram["eps_W"] is None                      # gram never forms V x d
     for k in ("loss_pre", "loss_post", "grad_norm", "dH", "dW", "db"):
-        close(gram[k], out[k], 1e-12)
+        assert_close(gram[k], out[k], 1e-12)
     gram_c = P.logits_sam_dpo_grad(H, W, labels, mask, ref, beta, rho, b, loss_type=loss_type,
                                    label_smoothing=ls, delta="gram", token_chunk=5,
                                    vocab_chunk=4)
     for k in ("loss_post", "grad_norm", "dH", "dW", "db"):
-        close(gram_c[k], out[k], 1e-12)
+        assert_close(gram_c[k], out[k], 1e-12)
     leaves = [x.clone().requires_grad_(True) for x in (H, W, b)]
     Lg = P.logits_sam_dpo(*leaves[:2], labels, mask, ref, beta, rho, leaves[2],
                           loss_type=loss_type, label_smoothing=ls, delta="gram", token_chunk=5,
                           vocab_chunk=4)
     for g, w in zip(torch.autograd.grad(Lg, leaves), (dH, dW, db)):
-        close(g, w, 1e-12)
+        assert_close(g, w, 1e-12)
 
 
 def test_gradcheck_logits_sam_dpo_eps_frozen(monkeypatch):
@@ -316,7 +316,7 @@ def test_gradcheck_logits_sam_dpo_eps_frozen(monkeypatch):
     leaves = [x.clone().requires_grad_(True) for x in (H, W, b)]
     assert torch.autograd.gradcheck(fn, leaves)
     for g, k in zip(torch.autograd.grad(fn(*leaves), leaves), ("dH", "dW", "db")):
-        close(g, out[k], 1e-12)
+        assert_close(g, out[k], 1e-12)
 
 
 def test_rho_zero_is_linear_dpo():
@@ -327,9 +327,9 @@ def test_rho_zero_is_linear_dpo():
         L, dH, dW, db = P.linear_dpo_loss_grad(H, W, labels, mask, ref, 0.2, b, loss_type=lt,
                                                label_smoothing=ls)
         assert float(out["loss_post"]) == float(out["loss_pre"])
-        close(out["loss_post"], L, 1e-14)
+        assert_close(out["loss_post"], L, 1e-14)
         for k, w in (("dH", dH), ("dW", dW), ("db", db)):
-            close(out[k], w, 1e-13)
+            assert_close(out[k], w, 1e-13)
 
 
 def test_sam_slope_bias_unperturbed_and_adaptive():
@@ -341,15 +341,15 @@ def test_sam_slope_bias_unperturbed_and_adaptive():
     # b never perturbed: bias gradient of L_post equals the oracle's with b unchanged
     eps, _ = _frozen_eps(H, W, b, labels, mask, ref, 0.5, 0.05)
     out = P.logits_sam_dpo_grad(H, W, labels, mask, ref, 0.5, 0.05, b)
-    close(out["db"], dense_grads(H, W, b, labels, mask, ref, 0.5, eps=eps)[3], 1e-12)
+    assert_close(out["db"], dense_grads(H, W, b, labels, mask, ref, 0.5, eps=eps)[3], 1e-12)
     # adaptive: g_W * |W| then the same normalisation
     Wl = W.clone().requires_grad_(True)
     (gW,) = torch.autograd.grad(dense_loss(H, Wl, b, labels, mask, ref, 0.5), Wl)
     ga = gW * W.abs()
     ad = P.logits_sam_dpo_grad(H, W, labels, mask, ref, 0.5, 0.05, b, adaptive=True,
                                token_chunk=3, vocab_chunk=5)
-    close(ad["eps_W"], 0.05 * ga / ga.norm(), 1e-14)
-    close(ad["grad_norm"], ga.norm(), 1e-13)
+    assert_close(ad["eps_W"], 0.05 * ga / ga.norm(), 1e-14)
+    assert_close(ad["grad_norm"], ga.norm(), 1e-13)
 
 
 def test_bf16_vs_float64_upcast():
@@ -372,12 +372,12 @@ def test_bf16_vs_float64_upcast():
     # the case is meaningful: rounding W + eps to bf16 would drop most of the perturbation
     lost = (Wb + o16["eps_W"].to(torch.bfloat16)) == Wb
     assert float(lost.float().mean()) > 0.5
-    close(o16["dW"].double(), o64["dW"], 5e-1)
-    close(o16["dH"].double(), o64["dH"], 5e-2 + 5e-1 * float(o64["dH"].abs().max()))
+    assert_close(o16["dW"].double(), o64["dW"], 5e-1)
+    assert_close(o16["dH"].double(), o64["dH"], 5e-2 + 5e-1 * float(o64["dH"].abs().max()))
     L16 = P.linear_dpo_loss_grad(Hb, Wb, labels, mask, ref64.float(), beta,
                                                    bb, token_chunk=7, vocab_chunk=50)[0]
     L64 = P.linear_dpo_loss(H64, W64, labels, mask, ref64, beta, b64)
-    close(L16.double(), L64, 1e-4)
+    assert_close(L16.double(), L64, 1e-4)
 
 
 # --------------------------------------------------------------------------- memory
@@ -428,9 +428,9 @@ def test_against_numpy_reference(loss_type, ls):
     got = P.linear_dpo_loss_grad(H, W, labels, mask, ref, beta, b, token_chunk=4,
                                  vocab_chunk=6, **kw)
     for g, w in zip(got, want):
-        close(g, torch.as_tensor(np.asarray(w)), 1e-10)
+        assert_close(g, torch.as_tensor(np.asarray(w)), 1e-10)
     avg = loss_type == "ipo"
-    close(P.seq_logps(H, W, labels, mask, b, average=avg),
+    assert_close(P.seq_logps(H, W, labels, mask, b, average=avg),
           torch.as_tensor(ref_mod.seq_logps(np_args[0], np_args[1], np_args[2], np_args[3],
                                             b.numpy(), average=avg)), 1e-10)
     for rho, extra in ((0.0, {}), (1e-3, {}), (0.05, {}), (0.05, {"delta": "gram"}),
@@ -448,14 +448,14 @@ def test_against_numpy_reference(loss_type, ls):
                     if v is None:
                         assert g[k] is None, k
                     else:
-                        close(g[k], torch.as_tensor(np.asarray(v)), 1e-10)
+                        assert_close(g[k], torch.as_tensor(np.asarray(v)), 1e-10)
             lp = P.logits_sam_dpo(H, W, labels, mask, ref, beta, rho, bias, **kw, **extra)
-            close(lp, torch.as_tensor(np.asarray(w["loss_post"])), 1e-10)
+            assert_close(lp, torch.as_tensor(np.asarray(w["loss_post"])), 1e-10)
     lp = torch.randn(6, dtype=F64)
     rl = torch.randn(6, dtype=F64)
     for g, w in zip(P.dpo_loss(lp, rl, beta, **kw), ref_mod.dpo_loss(lp.numpy(), rl.numpy(),
                                                                     beta, **kw)):
-        close(g, torch.as_tensor(np.asarray(w)), 1e-12)
+        assert_close(g, torch.as_tensor(np.asarray(w)), 1e-12)
 
 
 @needs_ref
@@ -473,6 +473,6 @@ def test_float32_and_bf16_against_numpy_reference():
         for k in ("loss_pre", "loss_post", "dH", "db"):
             want = torch.as_tensor(np.asarray(w[k]))
             tol = atol + rtol * float(want.abs().max())
-            close(g[k].double(), want, tol)
-        close(g["dW"].double(), torch.as_tensor(w["dW"]), 5e-1 if dtype == torch.bfloat16 else
+            assert_close(g[k].double(), want, tol)
+        assert_close(g["dW"].double(), torch.as_tensor(w["dW"]), 5e-1 if dtype == torch.bfloat16 else
               atol + rtol * float(np.abs(w["dW"]).max()))

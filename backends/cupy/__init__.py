@@ -24,6 +24,8 @@ from __future__ import annotations
 import cupy
 import numpy as np
 
+from refimpl import _validate
+
 NAME = "cupy"
 DTYPES = ("float32", "float64")
 
@@ -41,6 +43,11 @@ def to_numpy(x) -> np.ndarray:
 def is_native(x) -> bool:
     """Whether ``x`` is a ``cupy.ndarray``."""
     return isinstance(x, cupy.ndarray)
+
+
+def native(**arrays) -> None:
+    """Refuse arrays of another kind with a ``TypeError`` naming the argument (no silent copies)."""
+    _validate.native(NAME, is_native, "cupy.ndarray", **arrays)
 
 
 def synchronize() -> None:

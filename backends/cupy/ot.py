@@ -37,6 +37,7 @@ import cupy
 import numpy as np
 
 from backends.cupy import _kernels
+from backends.cupy import native as _native
 from refimpl import _validate as V
 from refimpl import ot as _ref
 from refimpl.ot import EMDResult, SinkhornResult, solver_status
@@ -57,13 +58,6 @@ ROW_WARPS = 8           # warps (rows) per block of the row pass
 _THREADS = 256
 _MAX_GRID_Y = 65535
 
-
-def _is_native(x) -> bool:
-    return isinstance(x, cupy.ndarray)
-
-
-def _native(**arrays) -> None:
-    V.native("cupy", _is_native, "cupy.ndarray", **arrays)
 
 
 def _has_nan(C) -> bool:

@@ -30,6 +30,7 @@ import cupy
 import numpy as np
 
 from backends.cupy import _kernels
+from backends.cupy import native as _native
 from refimpl import _validate as V
 
 __all__ = [
@@ -42,13 +43,6 @@ THREADS = 256         # threads per block of the DP kernels (at most; fewer for 
 _EPILOGUE_THREADS = 256
 _MAX_GRID_Y = 65535
 
-
-def _is_native(x) -> bool:
-    return isinstance(x, cupy.ndarray)
-
-
-def _native(**arrays) -> None:
-    V.native("cupy", _is_native, "cupy.ndarray", **arrays)
 
 
 # --------------------------------------------------------------------------- the DP

@@ -38,6 +38,8 @@ import weakref
 import numpy as np
 from numba import cuda, float32, float64, int64  # noqa: F401 (types used in kernels)
 
+from refimpl import _validate
+
 # --------------------------------------------------------------------------- tunables
 
 SDTW_BLOCK = 256          # threads per Soft-DTW job (strided over each diagonal)
@@ -298,6 +300,11 @@ def tile(dtype: str) -> int:
 
 KIND = ("CUDA arrays (__cuda_array_interface__: Numba device arrays, CuPy arrays, CUDA torch "
         "tensors)")
+
+
+def native(**arrays) -> None:
+    """Refuse arrays of another kind with a ``TypeError`` naming the argument (no silent copies)."""
+    _validate.native("numba_cuda", is_native, KIND, **arrays)
 
 
 def is_native(x) -> bool:

@@ -43,15 +43,11 @@ from refimpl.ot import EMDResult, SinkhornResult, solver_status  # noqa: F401 (r
 
 from . import _kernels as K
 
-NAME = "numba_cuda"
 _LOG, _STD = 0, 1
 
 
 # --------------------------------------------------------------------------- helpers
 
-
-def _native(**arrays) -> None:
-    V.native(NAME, K.is_native, K.KIND, **arrays)
 
 
 def _has_nan(C) -> bool:
@@ -284,9 +280,9 @@ def _shape_out(x, p: _Problem, tail: tuple, like):
 
 
 def _prepare(a, b, C, eps, max_iter, tol, check_every, init):
-    _native(a=a, b=b, C=C)
+    K.native(a=a, b=b, C=C)
     if isinstance(init, (tuple, list)) and len(init) == 2:
-        _native(**{"init[0]": init[0], "init[1]": init[1]})
+        K.native(**{"init[0]": init[0], "init[1]": init[1]})
     init_m = tuple(K.meta(v) for v in init) if isinstance(init, (tuple, list)) else init
     args = V.sinkhorn_args(K.meta(a), K.meta(b), K.meta(C), eps, max_iter, tol, check_every,
                            init_m, has_nan=_has_nan, to_numpy=K.to_numpy)
@@ -388,7 +384,7 @@ def sinkhorn_divergence(a, b, C_xy, C_xx, C_yy, eps, variant="entropic", max_ite
     :func:`sinkhorn_log`; ``variant="entropic"`` uses the dual values, ``"linear"`` the linear
     costs and returns ``max(0, S)`` (POT ``empirical_sinkhorn_divergence``)."""
     V.choice(variant, "variant", _ref.VARIANTS)
-    _native(a=a, b=b, C_xy=C_xy, C_xx=C_xx, C_yy=C_yy)
+    K.native(a=a, b=b, C_xy=C_xy, C_xx=C_xx, C_yy=C_yy)
     args = V.sinkhorn_divergence_args(*(K.meta(x) for x in (a, b, C_xy, C_xx, C_yy)), eps,
                                       max_iter, tol, _has_nan, to_numpy=K.to_numpy)
     batch, n, m = args.shape
@@ -419,7 +415,7 @@ def pairwise_cost(x, y, kind="sqeuclidean"):
     half of it, ``"cosine"`` ``clip(1 - xh . yh, 0, 2)`` with ``xh = x / max(|x|, 1e-8)``."""
     from .softdtw import _full_lengths, _norms, _pair
 
-    _native(x=x, y=y)
+    K.native(x=x, y=y)
     shape, _ = V.ot_points(K.meta(x), K.meta(y))
     V.choice(kind, "kind", _ref.KINDS)
     dtype = V.dtype_name(x)
@@ -438,7 +434,7 @@ def pairwise_cost(x, y, kind="sqeuclidean"):
 
 def _host_inputs(a, b, C):
     """Validate sizes on the device arrays, then copy a, b, C to the host (explicitly)."""
-    _native(a=a, b=b, C=C)
+    K.native(a=a, b=b, C=C)
     V.emd_size(V.ot_cost(K.meta(C)))
     return tuple(None if x is None else K.to_numpy(x) for x in (a, b, C))
 

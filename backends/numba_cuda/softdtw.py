@@ -32,15 +32,11 @@ from refimpl import _validate as V
 
 from . import _kernels as K
 
-NAME = "numba_cuda"
 _KIND_XY, _KIND_XX, _KIND_YY = 0, 1, 2
 
 
 # --------------------------------------------------------------------------- helpers
 
-
-def _native(**arrays) -> None:
-    V.native(NAME, K.is_native, K.KIND, **arrays)
 
 
 def _host_ints(v):
@@ -124,7 +120,7 @@ def _value_out(value, batched: bool, like):
 
 
 def _soft_dtw(C, gamma, len_x, len_y, bandwidth, need_grad):
-    _native(C=C, len_x=len_x, len_y=len_y)
+    K.native(C=C, len_x=len_x, len_y=len_y)
     args = V.soft_dtw_args(K.meta(C), gamma, len_x, len_y, bandwidth, to_numpy=_host_ints)
     dtype = V.dtype_name(C)
     B, N, M = args.shape.B, args.shape.N, args.shape.M
@@ -212,7 +208,7 @@ def sdtw_cost(X, Y, *, kind="sqeuclidean"):
 
     ``"sqeuclidean"``: ``|x_i - y_j|^2`` from explicit differences (tiled, no GEMM identity);
     ``"cosine"``: ``clip(1 - xh_i . yh_j, 0, 2)``, ``xh = x / max(|x|, 1e-8)``."""
-    _native(X=X, Y=Y)
+    K.native(X=X, Y=Y)
     shape, _ = V.sdtw_points(K.meta(X), K.meta(Y))
     kind = V.cost_kind(kind)
     dtype = V.dtype_name(X)
@@ -232,7 +228,7 @@ def sdtw_cost_vjp(X, Y, G, *, kind="sqeuclidean"):
     sqeuclidean: ``dX = 2 (diag(G 1) X - G Y)``, ``dY = 2 (diag(G^T 1) Y - G^T X)``;
     cosine: ``K = G * 1[0 <= 1 - xh.yh <= 2]`` (a mask kernel into a new array, G is not
     modified), ``dXh = -K Yh``, then the projection through ``xh = x / max(|x|, 1e-8)``."""
-    _native(X=X, Y=Y, G=G)
+    K.native(X=X, Y=Y, G=G)
     shape, d = V.sdtw_points(K.meta(X), K.meta(Y))
     kind = V.cost_kind(kind)
     V.cotangent(K.meta(G), "G", ((shape.B,) if shape.batched else ()) + (shape.N, shape.M),
@@ -259,7 +255,7 @@ def sdtw_cost_vjp(X, Y, G, *, kind="sqeuclidean"):
 
 
 def _divergence(X, Y, gamma, kind, len_x, len_y, penalty, bandwidth, need_grad):
-    _native(X=X, Y=Y, penalty=penalty, len_x=len_x, len_y=len_y)
+    K.native(X=X, Y=Y, penalty=penalty, len_x=len_x, len_y=len_y)
     args = V.divergence_args(K.meta(X), K.meta(Y), gamma, kind, len_x, len_y, K.meta(penalty),
                              bandwidth, to_numpy=_host_ints)
     dtype = V.dtype_name(X)

@@ -24,6 +24,8 @@ import os
 import numpy as np
 import torch
 
+from refimpl import _validate
+
 NAME = "torch"
 DTYPES = ("float32", "float64")
 
@@ -40,6 +42,11 @@ def device() -> torch.device:
 def is_native(x) -> bool:
     """Whether ``x`` is a torch tensor (on any device)."""
     return isinstance(x, torch.Tensor)
+
+
+def native(**arrays) -> None:
+    """Refuse arrays of another kind with a ``TypeError`` naming the argument (no silent copies)."""
+    _validate.native(NAME, is_native, "torch.Tensor", **arrays)
 
 
 def asarray(a) -> torch.Tensor:

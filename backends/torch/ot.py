@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import torch
 
-from backends.torch import is_native, to_numpy
+from backends.torch import native as _native
+from backends.torch import to_numpy
 from refimpl import _validate as V
 from refimpl import ot as _ref
 from refimpl.ot import EMDResult, SinkhornResult, solver_status
@@ -49,9 +50,6 @@ __all__ = [
 
 COSINE_NORM_EPS = _ref.COSINE_NORM_EPS
 
-
-def _native(**arrays) -> None:
-    V.native("torch", is_native, "torch.Tensor", **arrays)
 
 
 def _has_nan(C) -> bool:

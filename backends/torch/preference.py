@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from backends.torch import is_native, to_numpy
+from backends.torch import native as _native
+from backends.torch import to_numpy
 from refimpl import _validate as V
 
 __all__ = [
@@ -51,9 +52,6 @@ __all__ = [
 LOSS_TYPES = V.PREF_LOSS_TYPES
 DELTAS = V.PREF_DELTAS
 
-
-def _native(**arrays) -> None:
-    V.native("torch", is_native, "torch.Tensor", **arrays)
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -46,7 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from backends.torch import is_native, to_numpy
+from backends.torch import native as _native
+from backends.torch import to_numpy
 from refimpl import _validate as V
 
 __all__ = [
@@ -61,9 +62,6 @@ _INF = math.inf
 # vectorised exp/log thread from ~512 elements, and waking the thread team each step dominates).
 _SERIAL_CPU_CELLS = 32768
 
-
-def _native(**arrays) -> None:
-    V.native("torch", is_native, "torch.Tensor", **arrays)
 
 
 # --------------------------------------------------------------------------- the DP
