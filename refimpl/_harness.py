@@ -203,10 +203,12 @@ def check(ops: Iterable[Op], backend_names: Iterable[str], scale: str | None = N
 # --------------------------------------------------------------------------- timing
 
 
-def prepare(op: Op, bk: ModuleType, dtype: str, case: Case) -> Callable[[], object]:
-    """A zero-argument call of the op on native inputs that synchronises before returning."""
+def prepare(op: Op, bk: ModuleType, dtype: str, inputs: dict) -> Callable[[], object]:
+    """A zero-argument call of the op on native inputs that synchronises before returning.
+
+    ``inputs`` is a case's ``inputs()`` (built once by the caller: bench sizes are large)."""
     fn = getattr(bk, op.name)
-    kw = {k: to_backend(bk, v, dtype) for k, v in case.inputs().items()}
+    kw = {k: to_backend(bk, v, dtype) for k, v in inputs.items()}
 
     def call():
         out = fn(**kw)
@@ -239,11 +241,11 @@ def median_time(call: Callable[[], object], repeat: int = 10, warmup: int = 2,
     return statistics.median(times), q[2] - q[0]
 
 
-def compulsory_bytes(case: Case, dtype: str, out) -> int:
+def compulsory_bytes(inputs: dict, dtype: str, out) -> int:
     """Bytes every implementation must move: each float input read once, each output written."""
     size = np.dtype(dtype).itemsize
     total = sum(v.size * (size if v.dtype.kind == "f" else v.itemsize)
-                for v in case.inputs().values() if isinstance(v, np.ndarray))
+                for v in inputs.values() if isinstance(v, np.ndarray))
     outs = out if isinstance(out, tuple) else (out,)
     return total + sum(int(np.prod(getattr(o, "shape", ()))) * size for o in outs
                        if hasattr(o, "shape"))

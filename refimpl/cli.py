@@ -137,11 +137,12 @@ def cmd_bench(args) -> int:
     baseline, table = {}, []
     for op, bk, dtype, case in jobs:
         bar(f"{op.name} {bk.NAME} {dtype} {case.label}")
-        call = H.prepare(op, bk, dtype, case)
+        inputs = case.inputs()
+        call = H.prepare(op, bk, dtype, inputs)
         med, iqr = H.median_time(call, repeat=args.repeat)
         if bk.NAME == "numpy":
             baseline[(op.name, case.label)] = med
-        nbytes = H.compulsory_bytes(case, dtype, call())
+        nbytes = H.compulsory_bytes(inputs, dtype, call())
         bw = H.bandwidth_of(bk)
         floor = nbytes / bw if bw else None
         ref = baseline.get((op.name, case.label))

@@ -52,7 +52,7 @@ def _make(base, timed, method: str, where: str):
             raise NotImplementedError(f"{backend} runs on {bk.describe()}; this is a {where} size")
         if peak and bk.peak_memory() is None:
             raise NotImplementedError(f"{backend} reports no device memory")
-        self.bk, self.call = bk, H.prepare(timed, bk, dtype, case)
+        self.bk, self.call = bk, H.prepare(timed, bk, dtype, case.inputs())
         for _ in range(2):  # warm up past JIT compilation and context creation
             self.call()
 
