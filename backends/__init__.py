@@ -11,8 +11,10 @@ order, keyword names and defaults as the reference) and this small protocol, whi
 cross-check, ``refimpl check``/``bench`` and asv use:
 
 ``NAME``                   the backend's name
-``DTYPES``                 dtype names the cross-check runs ("float32", "float64")
+``DTYPES``                 dtype names the backend can hold ("float32", "float64"; torch also
+                           "bfloat16", run for the ops whose registry entry lists it)
 ``asarray(a)``             NumPy array -> native array on the backend's device, dtype kept
+                           (backends offering "bfloat16" take ``asarray(a, dtype="bfloat16")``)
 ``to_numpy(x)``            native array -> NumPy array (an explicit device-to-host copy)
 ``is_native(x)``           whether ``x`` is this backend's array kind
 ``synchronize()``          wait for queued device work (inside every timed call)

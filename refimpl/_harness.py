@@ -3,7 +3,8 @@ logic behind the cross-check test, ``refimpl check``, ``refimpl bench`` and asv.
 
 Inputs of a case are NumPy float64; for dtype ``dt`` a backend receives them cast to ``dt``
 and the reference receives the same rounded values in float64, so a comparison measures only
-the backend's arithmetic."""
+the backend's arithmetic. ``bfloat16`` (no NumPy dtype) is rounded here to the nearest bf16
+value (ties to even) and handed to the backend as float32 with ``asarray(a, dtype=...)``."""
 
 from __future__ import annotations
 
@@ -57,10 +58,30 @@ def on_gpu(bk: ModuleType) -> bool:
 # --------------------------------------------------------------------------- conversions
 
 
+def bf16_round(x: np.ndarray) -> np.ndarray:
+    """``x`` rounded to the nearest bfloat16 value (ties to even), as float32 (finite inputs)."""
+    bits = np.array(x, dtype=np.float32).view(np.uint32)      # a contiguous copy, shape kept
+    bits = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+    return bits.view(np.float32)
+
+
+def itemsize(dtype: str) -> int:
+    return 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
+
+
+def run_dtypes(op: Op, bk: ModuleType) -> list[str]:
+    """The dtypes ``op`` is checked and timed in on ``bk``: the op's that the backend offers."""
+    return [d for d in op.dtypes if d in bk.DTYPES]
+
+
 def to_backend(bk: ModuleType, value, dtype: str):
     """NumPy float arrays -> native arrays of ``dtype``; integer arrays keep their dtype."""
     if isinstance(value, np.ndarray):
-        return bk.asarray(value.astype(dtype) if value.dtype.kind == "f" else value)
+        if value.dtype.kind != "f":
+            return bk.asarray(value)
+        if dtype == "bfloat16":
+            return bk.asarray(bf16_round(value), dtype="bfloat16")
+        return bk.asarray(value.astype(dtype))
     if isinstance(value, tuple):
         return tuple(to_backend(bk, v, dtype) for v in value)
     return value
@@ -69,6 +90,8 @@ def to_backend(bk: ModuleType, value, dtype: str):
 def rounded(value, dtype: str):
     """The float64 values a backend sees after the cast to ``dtype``."""
     if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+        if dtype == "bfloat16":
+            return bf16_round(value).astype(np.float64)
         return value.astype(dtype).astype(np.float64)
     if isinstance(value, tuple):
         return tuple(rounded(v, dtype) for v in value)
@@ -188,8 +211,8 @@ def check(ops: Iterable[Op], backend_names: Iterable[str], scale: str | None = N
             if not offers(bk, op):
                 rows.append(Row(op.name, name, "-", "-", "-", 0.0, 0.0, True, MISSING))
                 continue
-            for dtype in (d for d in bk.DTYPES if dtypes is None or d in dtypes):
-                for case in cases(op, sc):
+            for dtype in (d for d in run_dtypes(op, bk) if dtypes is None or d in dtypes):
+                for case in (c for c in cases(op, sc) if c.runs_in(dtype)):
                     if progress:
                         progress(f"{op.name} {name} {dtype} {case.label}")
                     try:
@@ -243,7 +266,7 @@ def median_time(call: Callable[[], object], repeat: int = 10, warmup: int = 2,
 
 def compulsory_bytes(inputs: dict, dtype: str, out) -> int:
     """Bytes every implementation must move: each float input read once, each output written."""
-    size = np.dtype(dtype).itemsize
+    size = itemsize(dtype)
     total = sum(v.size * (size if v.dtype.kind == "f" else v.itemsize)
                 for v in inputs.values() if isinstance(v, np.ndarray))
     outs = out if isinstance(out, tuple) else (out,)

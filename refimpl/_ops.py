@@ -44,6 +44,8 @@ class Op:
     vjp: Callable[[dict, np.ndarray], dict] | None = None
     host_solver: bool = False           # backends solve on the host, by design (documented)
     doc: str = field(default="")
+    # dtypes the op is checked and timed in, where a backend offers them (its DTYPES)
+    dtypes: tuple[str, ...] = ("float32", "float64")
 
     @property
     def ref(self) -> Callable:
@@ -100,24 +102,26 @@ OPS: tuple[Op, ...] = (
        host_solver=True, grad_of="emd", doc="gradients of the exact OT cost"),
     Op("seq_logps", "preference", _pf.PAPER, ("logp",), _pf.cases_seq_logps, _pf.TOL,
        wrt=("H", "W", "b"), vjp=_pf.vjp_seq_logps,
-       doc="masked sequence log-probs through a linear head (dense or chunked)"),
+       doc="masked sequence log-probs through a linear head (dense or chunked)", dtypes=_pf.DTYPES),
     Op("dpo_loss", "preference", _pf.DPO_PAPER, ("loss", "chosen_rewards", "rejected_rewards"),
        _pf.cases_dpo_loss, _pf.TOL, wrt=("logp",), vjp=_pf.vjp_dpo_loss,
        doc="DPO loss family (sigmoid, hinge, ipo) and rewards from sequence log-probs"),
     Op("dpo_loss_grad", "preference", _pf.DPO_PAPER, ("loss", "dlogp"), _pf.cases_dpo_loss,
        _pf.TOL, grad_of="dpo_loss", doc="DPO loss and its gradient w.r.t. the log-probs"),
     Op("linear_dpo_loss", "preference", _pf.DPO_PAPER, ("loss",), _pf.cases_linear_dpo, _pf.TOL,
-       wrt=("H", "W", "b"), vjp=_pf.vjp_linear_dpo, doc="DPO through a linear LM head"),
+       wrt=("H", "W", "b"), vjp=_pf.vjp_linear_dpo, doc="DPO through a linear LM head",
+       dtypes=_pf.DTYPES),
     Op("linear_dpo_loss_grad", "preference", _pf.DPO_PAPER, ("loss", "dH", "dW", "db"),
        _pf.cases_linear_dpo, _pf.TOL, grad_of="linear_dpo_loss",
-       doc="fused DPO forward+backward: loss and gradients w.r.t. H, W, b"),
+       doc="fused DPO forward+backward: loss and gradients w.r.t. H, W, b", dtypes=_pf.DTYPES),
     Op("logits_sam_dpo", "preference", _pf.PAPER, ("loss_post",), _pf.cases_logits_sam, _pf.TOL,
        wrt=("H", "W", "b"), vjp=_pf.vjp_logits_sam,
-       doc="logits-SAM: DPO loss at the perturbed head W + eps (eps frozen)"),
+       doc="logits-SAM: DPO loss at the perturbed head W + eps (eps frozen)", dtypes=_pf.DTYPES),
     Op("logits_sam_dpo_grad", "preference", _pf.PAPER,
        ("loss_pre", "loss_post", "grad_norm", "eps_W", "dH", "dW", "db", "chosen_rewards",
         "rejected_rewards"), _pf.cases_logits_sam, _pf.TOL, outputs=_pf.sam_outputs,
-       grad_of="logits_sam_dpo", doc="one exact logits-SAM step (official code's non-ZeRO path)"),
+       grad_of="logits_sam_dpo", doc="one exact logits-SAM step (official code's non-ZeRO path)",
+       dtypes=_pf.DTYPES),
 )
 
 REGISTRY: dict[str, Op] = {op.name: op for op in OPS}

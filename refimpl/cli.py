@@ -76,7 +76,8 @@ def _ops_from(args) -> list[_ops.Op]:
 def cmd_check(args) -> int:
     ops = _ops_from(args)
     names = args.backend or list(backends.NAMES)
-    total = sum(len(H.cases(op, args.scale or H.default_scale(n))) * len(args.dtype or ("float32", "float64"))
+    total = sum(len(H.cases(op, args.scale or H.default_scale(n)))
+                * len([d for d in H.run_dtypes(op, backends.get(n)) if not args.dtype or d in args.dtype])
                 for n in names if backends.reason(n) is None for op in ops)
     print("backends:\n" + "\n".join(_backend_lines()) + "\n")
     bar = Progress(total)
@@ -131,8 +132,9 @@ def cmd_bench(args) -> int:
             for case in H.cases(op, scale):
                 if scale == "bench" and not H.runs_here(case, bk):
                     continue
-                for dtype in bk.DTYPES if args.dtype is None else [d for d in args.dtype if d in bk.DTYPES]:
-                    jobs.append((op, bk, dtype, case))
+                for dtype in H.run_dtypes(op, bk):
+                    if case.runs_in(dtype) and (args.dtype is None or dtype in args.dtype):
+                        jobs.append((op, bk, dtype, case))
     bar = Progress(len(jobs))
     baseline, table = {}, []
     for op, bk, dtype, case in jobs:
@@ -158,7 +160,8 @@ def cmd_bench(args) -> int:
     return 0
 
 
-DEMOS = ("softdtw", "ot")
+DEMOS = ("softdtw", "ot", "squeezing")
+DTYPE_NAMES = tuple(dict.fromkeys(d for op in _ops.OPS for d in op.dtypes))
 
 
 def cmd_demo(args) -> int:
@@ -187,7 +190,7 @@ def main(argv=None) -> int:
     sp = sub.add_parser("check", help="every op x backend x dtype against the reference")
     selection(sp)
     sp.add_argument("--backend", action="append", choices=backends.NAMES)
-    sp.add_argument("--dtype", action="append", choices=("float32", "float64"))
+    sp.add_argument("--dtype", action="append", choices=DTYPE_NAMES)
     sp.add_argument("--scale", choices=("tiny", "small"), help="default: small (tiny in the Numba simulator)")
     sp.add_argument("--json", help="also write every comparison to this file")
     sp.set_defaults(func=cmd_check)
@@ -195,7 +198,7 @@ def main(argv=None) -> int:
     sp = sub.add_parser("bench", help="quick timing table with speed-up over the reference")
     selection(sp)
     sp.add_argument("--backend", action="append", choices=backends.NAMES)
-    sp.add_argument("--dtype", action="append", choices=("float32", "float64"))
+    sp.add_argument("--dtype", action="append", choices=DTYPE_NAMES)
     sp.add_argument("--scale", default="bench", choices=("tiny", "small", "bench"))
     sp.add_argument("--full", action="store_true",
                     help="time forward+backward: each selected op's gradient partner")

@@ -75,7 +75,7 @@ Everything computes in float64 (inputs are upcast) and returns float64.
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit, log_softmax
+from scipy.special import log_softmax
 
 from refimpl import _validate as V
 
@@ -207,24 +207,29 @@ def seq_logps(H, W, labels, mask, b=None, *, average=False, token_chunk=None, vo
     return _seq(head, lse, zy, bool(average))[0]
 
 
-def _dpo(logp, ref_logp, beta, loss_type, eps):
-    """``(loss, chosen_rewards, rejected_rewards, dlogp)`` from float64 log-probs."""
+def _dpo(logp, ref_logp, beta, loss_type, eps, xp=np):
+    """``(loss (0-d array), chosen_rewards, rejected_rewards, dlogp)`` from log-probs (R,).
+
+    Written once for any array module ``xp`` with NumPy's API (the CuPy backend passes
+    ``cupy``, so nothing leaves the device); ``sig(u) = exp(-logaddexp(0, -u))`` is stable
+    for either sign of u."""
     B = logp.shape[0] // 2
     dc, dr = logp[:B] - ref_logp[:B], logp[B:] - ref_logp[B:]
     h = dc - dr
     u = beta * h
     if loss_type == "sigmoid":
         # -log sig(u) = log(1 + e^{-u}) = logaddexp(0, -u)
-        losses = (1 - eps) * np.logaddexp(0.0, -u) + eps * np.logaddexp(0.0, u)
-        kappa = beta * (expit(u) - 1 + eps)
+        softplus_neg = xp.logaddexp(0.0, -u)
+        losses = (1 - eps) * softplus_neg + eps * xp.logaddexp(0.0, u)
+        kappa = beta * (xp.exp(-softplus_neg) - 1 + eps)
     elif loss_type == "hinge":
-        losses = np.maximum(0.0, 1 - u)
-        kappa = -beta * (u < 1).astype(np.float64)
+        losses = xp.maximum(0.0, 1 - u)
+        kappa = -beta * (u < 1).astype(u.dtype)
     else:  # ipo
         losses = (h - 1 / (2 * beta)) ** 2
         kappa = 2 * (h - 1 / (2 * beta))
-    dlogp = np.concatenate([kappa, -kappa]) / B
-    return float(losses.mean()), beta * dc, beta * dr, dlogp
+    dlogp = xp.concatenate([kappa, -kappa]) / B
+    return losses.mean(), beta * dc, beta * dr, dlogp
 
 
 def _dpo_args(logp, ref_logp, beta, loss_type, label_smoothing):
@@ -240,13 +245,13 @@ def dpo_loss(logp, ref_logp, beta, *, loss_type="sigmoid", label_smoothing=0.0):
     """``(L, chosen_rewards (B,), rejected_rewards (B,))`` from sequence log-probs (R,) of the
     policy and the reference (chosen rows first; IPO expects token means for both)."""
     loss, cr, rr, _ = _dpo(*_dpo_args(logp, ref_logp, beta, loss_type, label_smoothing))
-    return loss, cr, rr
+    return float(loss), cr, rr
 
 
 def dpo_loss_grad(logp, ref_logp, beta, *, loss_type="sigmoid", label_smoothing=0.0):
     """``(L, dL/dlogp (R,))``: ``+kappa_i / B`` on chosen rows, ``-kappa_i / B`` on rejected."""
     loss, _, _, dlogp = _dpo(*_dpo_args(logp, ref_logp, beta, loss_type, label_smoothing))
-    return loss, dlogp
+    return float(loss), dlogp
 
 
 def _linear_setup(H, W, labels, mask, ref_logp, beta, b, loss_type, label_smoothing,
@@ -265,7 +270,7 @@ def _dpo_pass(head, zfun, blocks, ref_logp, beta, loss_type, eps):
     l, a = _seq(head, lse, zy, loss_type == "ipo")
     loss, cr, rr, dlogp = _dpo(l, ref_logp, beta, loss_type, eps)
     c = (dlogp * a)[head.rows]
-    return loss, cr, rr, lse, c
+    return float(loss), cr, rr, lse, c
 
 
 def linear_dpo_loss(H, W, labels, mask, ref_logp, beta, b=None, *, loss_type="sigmoid",
@@ -388,6 +393,7 @@ def dpo_logits_grad(Z, labels, mask, ref_logp, beta, *, loss_type="sigmoid", lab
         a = np.ones(R)
     l = tok.sum(axis=1) * a
     loss, _, _, dlogp = _dpo(l, ref, beta, loss_type, eps)
+    loss = float(loss)
     onehot = np.zeros_like(Z)
     np.put_along_axis(onehot, y[..., None], 1.0, axis=-1)
     G = (dlogp * a)[:, None, None] * m[..., None] * (onehot - np.exp(lsm))

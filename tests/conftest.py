@@ -1,15 +1,8 @@
 """Shared fixtures: backends skip with the precise reason they are unavailable."""
 
-import sys
-
 import pytest
 
 import backends
-
-if backends.simulator():
-    # Numba's simulator runs each CUDA thread as a Python thread; a short switch interval makes
-    # its barriers (one per anti-diagonal) 3-4x faster. Only the test process is affected.
-    sys.setswitchinterval(1e-4)
 
 
 def pytest_report_header(config):

@@ -307,7 +307,7 @@ def test_gradcheck_logits_sam_dpo_eps_frozen(monkeypatch):
     H, W, b, labels, mask, ref = make_case(B=2, T=4, d=3, V=7, seed=11)
     beta, rho = 0.5, 0.3
     out = P.logits_sam_dpo_grad(H, W, labels, mask, ref, beta, rho, b)
-    frozen = (out["loss_pre"], out["grad_norm"], out["eps_W"])
+    frozen = (out["loss_pre"], out["grad_norm"], P._Shift(out["eps_W"], W.dtype))
     monkeypatch.setattr(P, "_perturbation", lambda *a, **k: frozen)
     def fn(H, W, b):
         return P.logits_sam_dpo(H, W, labels, mask, ref, beta, rho, b, token_chunk=3,
@@ -476,3 +476,99 @@ def test_float32_and_bf16_against_numpy_reference():
             assert_close(g[k].double(), want, tol)
         assert_close(g["dW"].double(), torch.as_tensor(w["dW"]), 5e-1 if dtype == torch.bfloat16 else
               atol + rtol * float(np.abs(w["dW"]).max()))
+
+
+# --------------------------------------------------------------------------- peer: Liger-Kernel
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_liger_fused_linear_dpo_peer(seed):
+    """Liger-Kernel's ``LigerFusedLinearDPOLoss`` (preference.md sec. 11.8; its chunked-loss
+    path is plain torch, so it runs on the CPU with ``compiled=False``): NLL term off, sums of
+    token log-probs, the reference model given as hidden states and a head; our ``ref_logp``
+    is ``seq_logps`` of that reference head. Loss, dH, dW on float64 inputs (Liger computes the
+    log-softmax in float32: ``logits.float()``, hence 1e-6); logits-SAM with rho = 0 too."""
+    liger = pytest.importorskip("liger_kernel.chunked_loss",
+                                reason="liger-kernel is not installed (pip install liger-kernel)")
+    H, W, _, labels, mask, _ = make_case(B=3, T=7, d=8, V=13, seed=seed)
+    g = torch.Generator().manual_seed(seed + 10)
+    H_ref = torch.randn(H.shape, generator=g, dtype=F64)
+    W_ref = torch.randn(W.shape, generator=g, dtype=F64)
+    beta = 0.3
+    fn = liger.LigerFusedLinearDPOLoss(beta=beta, compute_nll_loss=False, compiled=False,
+                                       use_ref_model=True, average_log_prob=False)
+    Hl, Wl = H.clone().requires_grad_(True), W.clone().requires_grad_(True)
+    out = fn(Wl, Hl, labels, None, H_ref, W_ref, None)
+    loss = out[0] if isinstance(out, tuple) else out
+    dH, dW = torch.autograd.grad(loss, [Hl, Wl])
+
+    ref = P.seq_logps(H_ref, W_ref, labels, mask)
+    L, oH, oW, ob = P.linear_dpo_loss_grad(H, W, labels, mask, ref, beta)
+    assert ob is None
+    tol = 1e-6 * max(1.0, float(dW.abs().max()), float(dH.abs().max()))
+    assert abs(float(L) - float(loss)) <= 1e-6 * max(1.0, abs(float(loss)))
+    assert_close(oH, dH, tol)
+    assert_close(oW, dW, tol)
+    s = P.logits_sam_dpo_grad(H, W, labels, mask, ref, beta, 0.0)
+    assert abs(float(s["loss_post"]) - float(loss)) <= 1e-6 * max(1.0, abs(float(loss)))
+    assert_close(s["dW"], dW, tol)
+    assert_close(s["dH"], dH, tol)
+
+
+# --------------------------------------------------------------------------- the bf16 GEMM path
+
+
+def test_bf16_heads_feed_bf16_operands_to_every_gemm(monkeypatch):
+    """With a bf16 head every GEMM of the fused sweeps (linear DPO and logits-SAM, weight
+    perturbation) takes bf16 operands — the tensor-core path of :func:`P._mm` on CUDA — and
+    the perturbation survives: ``Z' - Z0`` through ``s E`` equals ``H eps^T`` in float64 to
+    the precision of E (2^-9), although ``W + eps`` rounded to bf16 would lose it."""
+    H, W, b, labels, mask, ref = make_case(B=2, T=6, d=16, V=40, seed=21)
+    Hb, Wb, bb = (x.to(torch.bfloat16) for x in (H, W, b))
+    seen = []
+    real = P._mm
+
+    def spy(a, c):
+        seen.append((a.dtype, c.dtype))
+        return real(a, c)
+
+    monkeypatch.setattr(P, "_mm", spy)
+    P.linear_dpo_loss_grad(Hb, Wb, labels, mask, ref.float(), 0.5, bb, token_chunk=5,
+                           vocab_chunk=16)
+    out = P.logits_sam_dpo_grad(Hb, Wb, labels, mask, ref.float(), 0.5, 1e-3, bb,
+                                token_chunk=5, vocab_chunk=16)
+    assert seen and all(d == (torch.bfloat16, torch.bfloat16) for d in seen), set(seen)
+    # 3 vocab x 3 token blocks (13 tokens), GEMMs per block pair: DPO 1 forward + 3 backward;
+    # SAM A 1, B 2 (Z, g_W), A' 2 (Z, s H E^T), B' 5 (Z and s H E^T, dH and s G E, dW)
+    assert len(seen) == 3 * 3 * (4 + 10)
+
+    shift = P._Shift(out["eps_W"], torch.bfloat16)
+    Hc = Hb[mask].double()
+    exact = Hc @ out["eps_W"].double().T
+    split = shift.s.double() * (Hc @ shift.E.double().T)
+    assert float((split - exact).abs().max()) <= 2.0 ** -8 * float(exact.abs().max())
+    assert float((((Wb + out["eps_W"].to(torch.bfloat16)) == Wb).float()).mean()) > 0.5
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_gemm_matches_the_cpu_emulation():
+    """On CUDA ``_mm`` dispatches bf16 operands to ``torch.mm(..., out_dtype=torch.float32)``;
+    it must equal the CPU path's upcast product up to fp32 summation order, and a bf16 fused
+    step on the GPU must match the same step on the CPU."""
+    if not torch.cuda.is_available():
+        pytest.skip("torch sees no CUDA device")
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(257, 129, generator=g).bfloat16()
+    c = torch.randn(129, 65, generator=g).bfloat16()
+    got = P._mm(a.cuda(), c.cuda()).cpu()
+    assert got.dtype == torch.float32
+    assert_close(got, P._mm(a, c), 1e-4)
+    H, W, b, labels, mask, ref = make_case(B=4, T=16, d=64, V=300, seed=5)
+    args = [x.to(torch.bfloat16) for x in (H, W)] + [labels, mask, ref.float(), 0.1, 1e-3]
+    cpu = P.logits_sam_dpo_grad(*args, token_chunk=24, vocab_chunk=64)
+    gpu = P.logits_sam_dpo_grad(*[x.cuda() if isinstance(x, torch.Tensor) else x for x in args],
+                                token_chunk=24, vocab_chunk=64)
+    for k in ("loss_pre", "loss_post", "grad_norm"):
+        assert_close(gpu[k].cpu(), cpu[k], 1e-4 * max(1.0, float(cpu[k].abs())))
+    for k in ("dH", "dW"):
+        assert_close(gpu[k].cpu().double(), cpu[k].double(), 2e-2 * float(cpu[k].abs().max()))

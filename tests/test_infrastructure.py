@@ -7,6 +7,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -73,7 +74,7 @@ def test_probing_and_importing_backends_allocate_nothing_on_a_device():
 
 
 # Families whose issue promised every backend: a backend missing one of their ops is a bug.
-COMPLETE_FAMILIES = ("softdtw", "ot")
+COMPLETE_FAMILIES = ("softdtw", "ot", "preference")
 
 
 @pytest.mark.parametrize("name", ["numpy", "torch", "cupy", "numba_cuda"])
@@ -116,7 +117,7 @@ def test_registry_is_consistent():
                 assert case.where in ("any", "cpu", "gpu")
                 if not callable(case.kwargs):
                     inspect.signature(op.ref).bind(**case.kwargs)
-        for dtype in ("float32", "float64"):
+        for dtype in op.dtypes:
             assert "*" in op.tol[dtype]
 
 
@@ -141,6 +142,31 @@ def test_compare_arrays_catches_errors_infinities_and_nans():
     assert not H.compare_arrays(np.array([1.0, np.inf, np.nan]), a, 1, 1)[2]
     assert not H.compare_arrays(np.ones(2), np.ones(3), 1, 1)[2]
     assert H.compare_arrays(50, 50, 0, 0)[2] and not H.compare_arrays(50, 49, 0, 0)[2]
+
+
+def test_bf16_rounding_is_round_to_nearest_even():
+    """``bf16_round`` against torch's float32 -> bfloat16 cast, including exact ties."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=20000) * np.exp(5 * rng.normal(size=20000))
+    ties = np.array([1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8, -(1 + 2.0 ** -8), 0.0, -0.0])
+    for v in (x, ties, np.float64(1.0)):
+        want = torch.as_tensor(np.asarray(v, dtype=np.float32)).bfloat16().float().numpy()
+        got = H.bf16_round(v)
+        assert got.shape == np.shape(v) and np.array_equal(got, want)
+    assert H.bf16_round(ties)[:2].tolist() == [1.0, 1 + 2.0 ** -6]   # ties go to even
+    assert H.rounded(np.array([1 + 2.0 ** -9]), "bfloat16")[0] == 1.0
+    assert H.itemsize("bfloat16") == 2
+
+
+def test_bf16_runs_only_where_the_op_and_the_backend_offer_it():
+    tb = types.SimpleNamespace(DTYPES=("float32", "float64", "bfloat16"))
+    nb = types.SimpleNamespace(DTYPES=("float32", "float64"))
+    assert H.run_dtypes(_ops.get("logits_sam_dpo_grad"), tb)[-1] == "bfloat16"
+    assert "bfloat16" not in H.run_dtypes(_ops.get("logits_sam_dpo_grad"), nb)
+    assert "bfloat16" not in H.run_dtypes(_ops.get("soft_dtw"), tb)
+    gpu = [c for c in H.cases(_ops.get("linear_dpo_loss_grad"), "bench") if c.where == "gpu"]
+    assert gpu and all(c.runs_in("bfloat16") and not c.runs_in("float32") for c in gpu)
 
 
 # --------------------------------------------------------------------------- the command
@@ -275,3 +301,7 @@ def test_readme_tour_runs_and_computes_what_it_says(capsys):
     assert ns["D"].item() >= 0
     linear = float((ns["res"].plan * ns["C"] / ns["C"].max()).sum())
     assert 0 <= linear - float(ns["exact"].cost) <= 0.005 * np.log(60)  # entropic bound (ot.md)
+    step = ns["step"]
+    assert abs(np.linalg.norm(step["eps_W"]) - 1e-3) < 1e-15      # ||eps_W||_F = rho
+    # first order: L_post - L_pre = rho ||g_W|| + O(rho^2)
+    assert abs(step["loss_post"] - step["loss_pre"] - 1e-3 * step["grad_norm"]) < 1e-3 * 1e-3 * step["grad_norm"]

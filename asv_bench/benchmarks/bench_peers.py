@@ -7,6 +7,13 @@
 - Log-domain Sinkhorn, 100 iterations with no early stop (``ot.md`` sec. 6): ours
   ``sinkhorn_log(tol=0)``; POT ``ot.sinkhorn(method="sinkhorn_log", stopThr=0)`` on torch
   tensors (CUDA on a GPU) and on NumPy arrays. GPU size n = m = 10,000 fp32.
+- DPO through a linear head, forward + backward (issue 3, ``preference.md`` sec. 9):
+  ours ``linear_dpo_loss_grad`` (chunked; impl ``<backend>``) and ``logits_sam_dpo_grad``
+  (impl ``<backend>-logits-sam``, rho = 1e-3) vs plain torch that materialises the logits
+  (``torch-materialised``: ``H W^T``, ``log_softmax``, gather, autograd) and Liger-Kernel's
+  ``LigerFusedLinearDPOLoss`` (``liger``: NLL off, summed log-probs, reference log-probs
+  precomputed, i.e. ``use_ref_model=False``). CPU size B = 4, T = 128, d = 256, V = 8192
+  fp32; GPU size B = 8, T = 1024, d = 4096, V = 128,256 bf16.
 
 Peers are test/bench-only dependencies; a missing one is skipped with the reason.
 """
@@ -23,7 +30,10 @@ ITERS = 100
 SIZES = {
     "softdtw": {"cpu": [(8, 64)], "gpu": [(64, 512), (64, 2048)]},
     "sinkhorn": {"cpu": [500], "gpu": [10_000]},
+    "dpo": {"cpu": [(4, 128, 256, 8192)], "gpu": [(8, 1024, 4096, 128256)]},
 }
+DPO_CHUNKS = {"cpu": dict(vocab_chunk=2048), "gpu": dict(token_chunk=8192, vocab_chunk=8192)}
+BETA, RHO = 0.1, 1e-3
 OURS = {"cpu": ["numpy", "torch"], "gpu": ["torch", "cupy", "numba_cuda"]}
 
 
@@ -36,6 +46,7 @@ def _torch_device(where):
 
 
 def _ours(name, where, dtype):
+    name = name.removesuffix("-logits-sam")
     bk = backends.get(name) if backends.reason(name) is None else None
     if bk is None:
         raise NotImplementedError(backends.reason(name))
@@ -50,9 +61,13 @@ def _peer_module(name):
     try:
         if name == "pysdtw":
             import pysdtw as mod
+        elif name == "liger":
+            from liger_kernel import chunked_loss as mod
+        elif name == "torch-materialised":
+            import torch as mod
         else:
             import ot as mod
-        if name.endswith("torch") or name == "pysdtw":
+        if name.endswith("torch") or name in ("pysdtw", "liger"):
             import torch  # noqa: F401
     except ImportError as exc:
         raise NotImplementedError(f"peer {name} is not installed: {exc}")
@@ -81,6 +96,7 @@ class _Peers:
     def setup(self, impl, size, dtype):
         rng = np.random.default_rng(0)
         self.sync, self.peak = (lambda: None), (lambda: None)
+        self.impl = impl
         if impl in self.peers:
             self.call = self.make_peer(impl, size, dtype, rng)
             self.sync = lambda: _sync_torch(self.where)
@@ -175,13 +191,81 @@ class SinkhornLogPeer(_Peers):
         return call
 
 
+def _dpo_inputs(rng, size):
+    """Hidden states, head, labels (every token a completion token), reference log-probs."""
+    B, T, d, V = size
+    H = rng.normal(size=(2 * B, T, d)).astype(np.float32)
+    W = (rng.normal(size=(V, d)) / np.sqrt(d)).astype(np.float32)
+    labels = rng.integers(0, V, size=(2 * B, T))
+    return H, W, labels, np.zeros(2 * B, dtype=np.float32)
+
+
+class DpoHeadFull(_Peers):
+    family = "dpo"
+    peers = ("torch-materialised", "liger")
+
+    def make_ours(self, bk, size, dtype, rng):
+        hid, head, labels, ref = _dpo_inputs(rng, size)
+        hid, head = H.to_backend(bk, hid, dtype), H.to_backend(bk, head, dtype)
+        labels, ref = bk.asarray(labels), bk.asarray(ref)
+        mask = bk.asarray(np.ones(labels.shape, dtype=bool))
+        chunks = DPO_CHUNKS[self.where]
+        sam = self.impl.endswith("-logits-sam")
+
+        def call():
+            if sam:
+                out = bk.logits_sam_dpo_grad(hid, head, labels, mask, ref, BETA, RHO, **chunks)
+            else:
+                out = bk.linear_dpo_loss_grad(hid, head, labels, mask, ref, BETA, **chunks)
+            bk.synchronize()
+            return out
+
+        return call
+
+    def make_peer(self, impl, size, dtype, rng):
+        mod = _peer_module(impl)
+        import torch
+
+        dev = _torch_device(self.where)
+        tdt = getattr(torch, dtype)
+        hid, head, labels, ref = (torch.as_tensor(x, device=dev) for x in _dpo_inputs(rng, size))
+        hid, head = hid.to(tdt).requires_grad_(), head.to(tdt).requires_grad_()
+        B = labels.shape[0] // 2
+        if impl == "liger":
+            fn = mod.LigerFusedLinearDPOLoss(beta=BETA, compute_nll_loss=False,
+                                             compiled=dev.type == "cuda", use_ref_model=False,
+                                             average_log_prob=False)
+
+            def loss():
+                out = fn(head, hid, labels)
+                return out[0] if isinstance(out, tuple) else out
+        else:
+            def loss():
+                logp = torch.log_softmax((hid @ head.T).float(), dim=-1)
+                lp = logp.gather(-1, labels[..., None])[..., 0].sum(-1)
+                h = (lp[:B] - ref[:B]) - (lp[B:] - ref[B:])
+                return -torch.nn.functional.logsigmoid(BETA * h).mean()
+
+        def call():
+            hid.grad = head.grad = None
+            loss().backward()
+            _sync_torch(self.where)
+
+        return call
+
+
 def _variant(base, where):
     """A concrete class for one device kind: params (implementation, size, dtype)."""
-    dtypes = ["float64"] if where == "cpu" else ["float32"]
-    attrs = dict(where=where, params=[OURS[where] + list(base.peers), SIZES[base.family][where], dtypes],
+    dtypes = {"dpo": {"cpu": ["float32"], "gpu": ["bfloat16"]}}.get(
+        base.family, {"cpu": ["float64"], "gpu": ["float32"]})[where]
+    ours = OURS[where]
+    if base.family == "dpo":  # the NumPy reference is timed by the registry's classes
+        ours = [n for n in ours if n != "numpy"]
+        ours = ours + [f"{n}-logits-sam" for n in ours]
+    attrs = dict(where=where, params=[ours + list(base.peers), SIZES[base.family][where], dtypes],
                  param_names=["impl", "size", "dtype"])
-    name = {"softdtw": "soft_dtw_points", "sinkhorn": "sinkhorn_log"}[base.family]
-    full = base.family == "softdtw"  # Soft-DTW is timed forward+backward, Sinkhorn forward
+    name = {"softdtw": "soft_dtw_points", "sinkhorn": "sinkhorn_log", "dpo": "dpo_head"}[base.family]
+    full = base.family != "sinkhorn"  # Soft-DTW and DPO forward+backward, Sinkhorn forward
     attrs[f"time_full_{name}" if full else f"time_{name}_{ITERS}it"] = _Peers.run
     if where == "gpu":
         def track(self, impl, size, dtype):
@@ -204,4 +288,6 @@ SoftDtwPointsFullCPU = _variant(SoftDtwPointsFull, "cpu")
 SoftDtwPointsFullGPU = _variant(SoftDtwPointsFull, "gpu")
 SinkhornLogPeerCPU = _variant(SinkhornLogPeer, "cpu")
 SinkhornLogPeerGPU = _variant(SinkhornLogPeer, "gpu")
-del SoftDtwPointsFull, SinkhornLogPeer  # only the concrete variants are benchmarks
+DpoHeadFullCPU = _variant(DpoHeadFull, "cpu")
+DpoHeadFullGPU = _variant(DpoHeadFull, "gpu")
+del SoftDtwPointsFull, SinkhornLogPeer, DpoHeadFull  # only the concrete variants are benchmarks

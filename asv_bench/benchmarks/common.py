@@ -15,7 +15,6 @@ import backends
 from refimpl import _harness as H
 from refimpl import _ops
 
-DTYPES = ["float32", "float64"]
 BACKENDS = {"cpu": ["numpy", "torch"], "gpu": ["torch", "cupy", "numba_cuda"]}
 
 
@@ -23,16 +22,13 @@ def _class_name(op_name: str) -> str:
     return "".join(part.capitalize() for part in op_name.split("_"))
 
 
-def _backend_for(name: str, dtype: str):
+def _backend_for(name: str):
     why = backends.reason(name)
     if why is not None:
         raise NotImplementedError(why)
     if name == "numba_cuda" and backends.simulator():
         raise NotImplementedError("the CUDA simulator is not timed")
-    bk = backends.get(name)
-    if dtype not in bk.DTYPES:
-        raise NotImplementedError(f"{name} runs {bk.DTYPES} only")
-    return bk
+    return backends.get(name)
 
 
 def _make(base, timed, method: str, where: str):
@@ -44,10 +40,14 @@ def _make(base, timed, method: str, where: str):
     peak = method.startswith("track")
 
     def setup(self, backend, label, dtype):
-        bk = _backend_for(backend, dtype)
+        bk = _backend_for(backend)
         if not H.offers(bk, timed):
             raise NotImplementedError(f"{backend} does not offer {timed.name}")
+        if dtype not in H.run_dtypes(timed, bk):
+            raise NotImplementedError(f"{backend} runs {bk.DTYPES} only")
         case = next(c for c in H.cases(timed, "bench") if c.label == label)
+        if not case.runs_in(dtype):
+            raise NotImplementedError(f"{label} is timed in {case.dtypes} only")
         if H.on_gpu(bk) != (where == "gpu"):
             raise NotImplementedError(f"{backend} runs on {bk.describe()}; this is a {where} size")
         if peak and bk.peak_memory() is None:
@@ -66,7 +66,8 @@ def _make(base, timed, method: str, where: str):
 
     track.unit = "bytes"
     suffix = {"time": "", "time_full": "Full", "track_peak_gpu_bytes": "PeakMemory"}[method]
-    attrs = dict(params=[BACKENDS[where], labels, DTYPES], param_names=["backend", "case", "dtype"],
+    attrs = dict(params=[BACKENDS[where], labels, list(timed.dtypes)],
+                 param_names=["backend", "case", "dtype"],
                  timeout=900, setup=setup)
     attrs[f"{method}_{base.name}"] = track if peak else run
     return type(_class_name(base.name) + suffix + where.upper(), (), attrs)

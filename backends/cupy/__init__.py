@@ -7,8 +7,11 @@ Arrays of another kind are refused with a ``TypeError`` naming the argument (no 
 copies). The hot loops are CUDA C kernels (``_kernels.py``): the Soft-DTW wavefronts (one
 thread block per DP, live anti-diagonals in shared memory) and the fused log-domain
 Sinkhorn half-iterations (online log-sum-exp, never forming ``(f - C)/eps``); costs are
-cuBLAS GEMMs with fused epilogues. Exact OT (``emd``, ``emd_grad``) is an explicit host
-solve (the reference on copies of the inputs), its results returned on the device.
+cuBLAS GEMMs with fused epilogues; the preference family (DPO through a linear head,
+logits-SAM) runs cuBLAS GEMMs per (token, vocab) block with a fused online-LSE/target-gather
+kernel and an in-place logit-gradient kernel (``preference.py``; it reads labels and mask on
+the host for validation, O(R T)). Exact OT (``emd``, ``emd_grad``) is an explicit host solve
+(the reference on copies of the inputs), its results returned on the device.
 
 Importing this package imports CuPy and NumPy only: no CUDA context is created, nothing is
 compiled, no device memory is allocated. Kernels are compiled on first use (and cached by
@@ -88,6 +91,10 @@ from backends.cupy.ot import (  # noqa: E402
     emd, emd_grad, pairwise_cost, sinkhorn, sinkhorn_cost, sinkhorn_cost_grad,
     sinkhorn_divergence, sinkhorn_log,
 )
+from backends.cupy.preference import (  # noqa: E402
+    dpo_loss, dpo_loss_grad, linear_dpo_loss, linear_dpo_loss_grad, logits_sam_dpo,
+    logits_sam_dpo_grad, seq_logps,
+)
 from backends.cupy.softdtw import (  # noqa: E402
     sdtw_cost, sdtw_cost_vjp, soft_dtw, soft_dtw_divergence, soft_dtw_divergence_grad,
     soft_dtw_grad,
@@ -100,4 +107,6 @@ __all__ = [
     "soft_dtw_divergence_grad",
     "sinkhorn_log", "sinkhorn", "sinkhorn_cost", "sinkhorn_cost_grad", "sinkhorn_divergence",
     "pairwise_cost", "emd", "emd_grad",
+    "seq_logps", "dpo_loss", "dpo_loss_grad", "linear_dpo_loss", "linear_dpo_loss_grad",
+    "logits_sam_dpo", "logits_sam_dpo_grad",
 ]

@@ -461,6 +461,82 @@ __device__ __forceinline__ void sk_plan(const T* __restrict__ C, const T* __rest
 """
 
 
+_PREFERENCE = r"""
+// ---------------------------------------------------------------- preference (preference.md sec. 2, 6)
+// Blocks of logits Z (rows x vb, row stride ld) of the compacted completion tokens, vocab
+// columns j0 .. j0 + vb - 1. One warp per row (lanes read consecutive words of the row), warps
+// grid-stride over the rows. y holds each row's target token (int64, in [0, V)).
+
+template <typename T>
+__device__ __forceinline__ void pf_lse_push(T& mx, T& s, T x) {
+  if (x > mx) { s = s * RiNum<T>::ex(mx - x) + (T)1; mx = x; }
+  else if (mx > -RiNum<T>::inf()) s += RiNum<T>::ex(x - mx);
+  else s += (x == x) ? (T)0 : x;      // NaN into an empty state propagates
+}
+
+template <typename T>
+__device__ __forceinline__ void pf_lse_merge(T& mx, T& s, T mx2, T s2) {
+  if (mx2 > mx) { s = s * RiNum<T>::ex(mx - mx2) + s2; mx = mx2; }
+  else if (mx2 > -RiNum<T>::inf()) s += s2 * RiNum<T>::ex(mx2 - mx);
+  else s += (s2 == s2) ? (T)0 : s2;
+}
+
+// Online log-sum-exp update fused with the target-logit gather, for one block:
+// (mx, s) stands for log(s) + mx per row (running over the vocab blocks seen so far; start
+// at (-inf, 0)); zy[r] = Z[r, y_r - j0] when the target lies in this block.
+template <typename T>
+__device__ __forceinline__ void pref_lse_block(const T* __restrict__ Z, long long ld, int rows,
+                                               int vb, const long long* __restrict__ y,
+                                               long long j0, T* __restrict__ mx,
+                                               T* __restrict__ s, T* __restrict__ zy) {
+  const int lane = threadIdx.x & 31;
+  const int wpb = blockDim.x >> 5;
+  for (long long r = (long long)blockIdx.x * wpb + (threadIdx.x >> 5); r < rows;
+       r += (long long)gridDim.x * wpb) {          // warp-uniform: the whole warp iterates
+    const T* __restrict__ zr = Z + r * ld;
+    T m = -RiNum<T>::inf(), a = (T)0;
+#pragma unroll 4
+    for (int k = lane; k < vb; k += 32) pf_lse_push(m, a, zr[k]);
+    for (int off = 16; off > 0; off >>= 1) {
+      const T m2 = __shfl_xor_sync(0xffffffffu, m, off);
+      const T a2 = __shfl_xor_sync(0xffffffffu, a, off);
+      pf_lse_merge(m, a, m2, a2);
+    }
+    if (lane == 0) {
+      T M = mx[r], S = s[r];
+      pf_lse_merge(M, S, m, a);
+      mx[r] = M;
+      s[r] = S;
+      const long long t = y[r] - j0;
+      if (t >= 0 && t < vb) zy[r] = zr[t];
+    }
+  }
+}
+
+// Logit-gradient block in place: G[r, k] <- c_r (onehot(y_r - j0)[k] - exp(G[r, k] - lse_r)),
+// G holding the recomputed logits on entry.
+template <typename T>
+__device__ __forceinline__ void pref_grad_block(T* __restrict__ G, long long ld, int rows, int vb,
+                                                const long long* __restrict__ y, long long j0,
+                                                const T* __restrict__ lse,
+                                                const T* __restrict__ c) {
+  const int lane = threadIdx.x & 31;
+  const int wpb = blockDim.x >> 5;
+  for (long long r = (long long)blockIdx.x * wpb + (threadIdx.x >> 5); r < rows;
+       r += (long long)gridDim.x * wpb) {
+    T* __restrict__ gr = G + r * ld;
+    const T l = lse[r], cr = c[r];
+    const long long t = y[r] - j0;
+#pragma unroll 4
+    for (int k = lane; k < vb; k += 32) {
+      const T onehot = (k == t) ? (T)1 : (T)0;
+      gr[k] = cr * (onehot - RiNum<T>::ex(gr[k] - l));
+    }
+  }
+}
+"""
+
+
 @dataclass(frozen=True)
 class Template:
     """One kernel template: the module it lives in, its name and its parameters as
@@ -501,9 +577,15 @@ TEMPLATES = (
     Template("ot", "sk_plan", (
         ("const T*", "C"), ("const T*", "u"), ("const T*", "v"), ("T*", "P"), ("T", "inv_eps"),
         ("int", "n"), ("int", "m"), ("long long", "nbatch"))),
+    Template("preference", "pref_lse_block", (
+        ("const T*", "Z"), ("long long", "ld"), ("int", "rows"), ("int", "vb"),
+        ("const long long*", "y"), ("long long", "j0"), ("T*", "mx"), ("T*", "s"), ("T*", "zy"))),
+    Template("preference", "pref_grad_block", (
+        ("T*", "G"), ("long long", "ld"), ("int", "rows"), ("int", "vb"),
+        ("const long long*", "y"), ("long long", "j0"), ("const T*", "lse"), ("const T*", "c"))),
 )
 
-_BODIES = {"softdtw": _SOFTDTW, "costs": _COSTS, "ot": _OT}
+_BODIES = {"softdtw": _SOFTDTW, "costs": _COSTS, "ot": _OT, "preference": _PREFERENCE}
 MODULES = tuple(_BODIES)
 
 

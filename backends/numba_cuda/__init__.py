@@ -10,7 +10,9 @@ Arrays
     ``torch.as_tensor`` — zero-copy views that keep the Numba allocation alive. Host arrays
     (NumPy) are refused with a ``TypeError`` (no silent host round-trips); only the small
     integer ``len_x``/``len_y`` of Soft-DTW may also be host arrays, since they are needed
-    on the host to build the job table anyway.
+    on the host to build the job table anyway. The preference ops take ``labels``/``mask``
+    as CUDA arrays too and read them on the host once (validation and the compacted token
+    index, :mod:`.preference`).
 
 Stream
     Every kernel and copy goes to the CUDA *legacy default stream*, which is ordered after work
@@ -36,6 +38,8 @@ import numpy as np
 from . import _kernels as K
 from .ot import (EMDResult, SinkhornResult, emd, emd_grad, pairwise_cost, sinkhorn,  # noqa: F401
                  sinkhorn_cost, sinkhorn_cost_grad, sinkhorn_divergence, sinkhorn_log)
+from .preference import (dpo_loss, dpo_loss_grad, linear_dpo_loss,  # noqa: F401
+                         linear_dpo_loss_grad, logits_sam_dpo, logits_sam_dpo_grad, seq_logps)
 from .softdtw import (sdtw_cost, sdtw_cost_vjp, soft_dtw, soft_dtw_divergence,  # noqa: F401
                       soft_dtw_divergence_grad, soft_dtw_grad)
 
@@ -46,6 +50,8 @@ __all__ = [
     "soft_dtw_divergence_grad",
     "SinkhornResult", "EMDResult", "sinkhorn_log", "sinkhorn", "sinkhorn_cost",
     "sinkhorn_cost_grad", "sinkhorn_divergence", "pairwise_cost", "emd", "emd_grad",
+    "seq_logps", "dpo_loss", "dpo_loss_grad", "linear_dpo_loss", "linear_dpo_loss_grad",
+    "logits_sam_dpo", "logits_sam_dpo_grad",
 ]
 
 NAME = "numba_cuda"

@@ -26,6 +26,18 @@ Entropic OT (``ot.md`` sec. 6)
     (one warp on a GPU) reduced through shared memory; problems of a batch map to the last
     grid axis. No (f - C)/eps matrix is ever written.
 
+Preference family (``preference.md`` sec. 8; ``pref_*`` kernels, correctness first)
+    ``pref_gemm`` is one tiled shared-memory GEMM ``C = alpha op(A) op(B + B2) + beta C (+ bias)``
+    (TILE x TILE threads per output tile, transpose flags, optional second B operand for the
+    SAM head ``W_b + eps_b`` and optional column bias for ``+ b_b``): every matmul of the
+    family (logit blocks, ``dH += G W``, ``dW += G^T H``, the Gram path's ``H H^T``,
+    ``G0 G0^T``, ``K G0``, ``M H``). ``pref_lse_update`` is the online-LSE row kernel of one
+    logit block fused with the target-logit gather (lanes per row, reduced through shared
+    memory); ``pref_grad_block`` turns a recomputed logit block into
+    ``G_b = c (onehot(y - j0) - exp(Z_b - lse))`` in place; ``pref_dpo`` is the DPO formula on
+    the (R,) log-probs and its mean (one block). The rest are small gathers, scatters,
+    segment sums, column sums, a Frobenius dot (atomic per block) and the SAM rescale.
+
 Launches go to the CUDA *legacy default stream* (``cuda.default_stream()``), always.
 """
 
@@ -33,6 +45,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import weakref
 
 import numpy as np
@@ -54,6 +67,8 @@ OT_COL_SPLIT = None       # force the number of row splits of the column kernels
 OT_MIN_SPLIT_ROWS = 64    # never split the rows of a column update finer than this
 RED_BLOCK = 256           # threads of the reduction kernels
 FILL_BLOCK = 256
+PREF_LANES = 32           # threads per row of the online-LSE kernel (a warp)
+PREF_ROW_THREADS = 256    # threads per block of the online-LSE kernel (lanes x rows)
 SIM_MAX_THREADS = 8       # in the simulator each CUDA thread is a Python thread: keep blocks small
 
 COS_EPS = 1e-8            # norm floor of the cosine costs (refimpl.softdtw.COS_EPS, refimpl.ot)
@@ -103,6 +118,22 @@ _SIGNATURES = {
     "ot_linear_value": "void({T}[:, :, :], {T}[:, :, ::1], {T}[::1])",
     "ot_center": "void({T}[:, ::1], {T}[:, ::1])",
     "ot_div_combine": "void({T}[::1], {T}[::1], {T}[::1], {T}[::1], int64)",
+    # preference family ({U} is the other float dtype: pref_cast converts ref_logp)
+    "pref_gemm": "void({T}[:, :], {T}[:, :], {T}[:, :], {T}[:, :], {T}[:], {T}, {T}, int64, "
+                 "int64, int64, int64)",
+    "pref_gather": "void({T}[:, :, :], int64[::1], {T}[:, ::1])",
+    "pref_scatter": "void({T}[:, :], int64[::1], {T}[:, :, ::1])",
+    "pref_lse_update": "void({T}[:, :], int64[::1], int64, {T}[::1], {T}[::1], {T}[::1])",
+    "pref_lse_finish": "void({T}[::1], {T}[::1], {T}[::1], {T}[::1], {T}[::1])",
+    "pref_grad_block": "void({T}[:, :], int64[::1], int64, {T}[::1], {T}[::1])",
+    "pref_colsum": "void({T}[:, :], {T}[::1])",
+    "pref_seq_sum": "void({T}[::1], int64[::1], {T}[::1], int64)",
+    "pref_token_coef": "void({T}[::1], int64[::1], {T}[::1], int64)",
+    "pref_dpo": "void({T}[:], {T}[:], {T}[::1], {T}[::1], {T}[::1], {T}[::1], {T}, {T}, int64)",
+    "pref_frob_dot": "void({T}[:, :], {T}[:, :], {T}[::1])",
+    "pref_sam_scale": "void({T}[::1], {T}[::1], {T}[::1], {T}[::1], {T}, {T})",
+    "pref_absmul": "void({T}[:, :], {T}[:, :])",
+    "pref_cast": "void({U}[:], {T}[::1])",
 }
 
 DTYPES = ("float32", "float64")
@@ -112,8 +143,13 @@ DTYPES = ("float32", "float64")
 FP64_BY_DESIGN = frozenset({"sdtw_forward", "sdtw_backward", "sdtw_combine"})
 
 
+_OTHER = {"float32": "float64", "float64": "float32"}
+
+
 def signature(name: str, dtype: str) -> str:
-    return _SIGNATURES[name].format(T=dtype)
+    """The one signature of ``name[dtype]``: ``{T}`` is ``dtype``, ``{U}`` the other float
+    dtype (only ``pref_cast`` reads one)."""
+    return _SIGNATURES[name].format(T=dtype, U=_OTHER[dtype])
 
 
 _FUNCS: dict[str, dict] = {}
@@ -148,7 +184,6 @@ def _serialise_simulator_shared_arrays() -> None:
     potentials, about 1 run in 10 on a busy 2-core machine). Real GPUs are unaffected. This
     replacement keys allocations by the caller's (file, line) as the simulator does, under a
     lock; dynamic shared memory (``shape == 0``) is left to the simulator."""
-    import sys
     import threading
 
     from numba.core import types
@@ -177,13 +212,26 @@ def _serialise_simulator_shared_arrays() -> None:
     cls._refimpl_serialised = True
 
 
+def _tune_simulator() -> None:
+    """Simulator only: make its barriers cheap and its shared arrays safe.
+
+    The simulator runs every CUDA thread of a block as a Python thread, and each
+    ``syncthreads`` waits for all of them; with CPython's default 5 ms switch interval a
+    barrier-heavy kernel spends most of its time waiting for the next switch. A 0.1 ms interval
+    makes the preference and Soft-DTW kernels 3-7x faster (the registry's tiny preference check
+    from 350 s to about 50 s on a 2-core machine). This changes a process-wide setting, which is
+    why it happens only when the simulator compiles a kernel of this backend."""
+    sys.setswitchinterval(min(sys.getswitchinterval(), 1e-4))
+    _serialise_simulator_shared_arrays()
+
+
 def kernel(name: str, dtype: str):
     """The compiled kernel ``name`` for ``dtype`` (compiled on first use, then cached)."""
     key = (name, dtype)
     k = _COMPILED.get(key)
     if k is None:
         if simulator():
-            _serialise_simulator_shared_arrays()
+            _tune_simulator()
         k = cuda.jit(signature(name, dtype))(functions(dtype)[name])
         _COMPILED[key] = k
     return k
@@ -452,6 +500,35 @@ def _build(dtype: str) -> dict:
     MAXT = 1024  # static shared arrays of the reduction kernels hold one word per thread
 
     # ------------------------------------------------------------------ device helpers
+
+    @cuda.jit(device=True, inline="always")
+    def lse_push(m, sm, x):
+        """Fold ``x`` into a running ``(max, sum of exp(. - max))`` pair (-inf adds nothing)."""
+        if x > m:
+            return x, sm * math.exp(m - x) + ONE
+        if x != NINF:
+            return m, sm + math.exp(x - m)
+        return m, sm
+
+    @cuda.jit(device=True, inline="always")
+    def lse_merge(rm, rs, t, lane, nl):
+        """Merge the (max, sum) pairs the ``nl`` lanes of a row left in shared ``rm``/``rs``
+        (slot ``t``; a power-of-two ``nl``) into the slot of lane 0. Every thread of the
+        block must call it (it synchronises)."""
+        cuda.syncthreads()
+        off = nl // 2
+        while off > 0:
+            if lane < off:
+                m1 = rm[t]
+                m2 = rm[t + off]
+                mm = max(m1, m2)
+                sv = ZERO
+                if mm != NINF:
+                    sv = rs[t] * math.exp(m1 - mm) + rs[t + off] * math.exp(m2 - mm)
+                rm[t] = mm
+                rs[t] = sv
+            cuda.syncthreads()
+            off //= 2
 
     @cuda.jit(device=True, inline="always")
     def dstart(d, n, m):
@@ -912,12 +989,7 @@ def _build(dtype: str) -> dict:
         mx = NINF
         sm = ZERO
         for i in range(s * rows_per, i1):
-            x = lu[b, i] - C[b, i, j] * inv_eps
-            if x > mx:
-                sm = sm * math.exp(mx - x) + ONE
-                mx = x
-            elif x != NINF:
-                sm += math.exp(x - mx)
+            mx, sm = lse_push(mx, sm, lu[b, i] - C[b, i, j] * inv_eps)
         if nsplit == 1:
             lse = NINF
             if mx != NINF:
@@ -958,28 +1030,10 @@ def _build(dtype: str) -> dict:
         sm = ZERO
         if i < C.shape[1]:
             for j in range(lane, C.shape[2], nl):
-                x = lv[b, j] - C[b, i, j] * inv_eps
-                if x > mx:
-                    sm = sm * math.exp(mx - x) + ONE
-                    mx = x
-                elif x != NINF:
-                    sm += math.exp(x - mx)
+                mx, sm = lse_push(mx, sm, lv[b, j] - C[b, i, j] * inv_eps)
         rm[t] = mx
         rsum[t] = sm
-        cuda.syncthreads()
-        off = nl // 2
-        while off > 0:
-            if lane < off:
-                m1 = rm[t]
-                m2 = rm[t + off]
-                mm = max(m1, m2)
-                s = ZERO
-                if mm != NINF:
-                    s = rsum[t] * math.exp(m1 - mm) + rsum[t + off] * math.exp(m2 - mm)
-                rm[t] = mm
-                rsum[t] = s
-            cuda.syncthreads()
-            off //= 2
+        lse_merge(rm, rsum, t, lane, nl)
         if lane == 0 and i < C.shape[1]:
             lse = NINF
             if rm[t] != NINF:
@@ -1221,6 +1275,286 @@ def _build(dtype: str) -> dict:
                 s = ZERO
             out[b] = s
 
+    # ------------------------------------------------------------------ preference family
+
+    def pref_gemm(A, Bm, B2, C, bias, alpha, beta, ta, tb, has_b2, has_bias):
+        """Tiled ``C = alpha op(A) op(Bm + B2) + beta C (+ bias[j])`` (TS x TS threads per tile).
+
+        ``op(A)`` is A (M, K) or A^T (ta = 1, A (K, M)); ``op(B)`` is Bm (K, N) or Bm^T
+        (tb = 1, Bm (N, K)); ``B2`` (Bm's shape) is added to every loaded B tile when has_b2
+        (the SAM head ``W_b + eps_b``); C is not read when beta == 0. Transposed operands are
+        read along their contiguous axis and stored transposed in shared memory."""
+        As = cuda.shared.array((TS, TSP), dtype=NB)
+        Bs = cuda.shared.array((TS, TSP), dtype=NB)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        i0 = cuda.blockIdx.y * TS
+        j0 = cuda.blockIdx.x * TS
+        i = i0 + ty
+        j = j0 + tx
+        M = C.shape[0]
+        N = C.shape[1]
+        Kd = A.shape[0] if ta != 0 else A.shape[1]
+        acc = ZERO
+        for k0 in range(0, Kd, TS):
+            if ta == 0:
+                r = i0 + ty
+                k = k0 + tx
+                v = ZERO
+                if r < M and k < Kd:
+                    v = A[r, k]
+                As[ty, tx] = v
+            else:
+                r = i0 + tx
+                k = k0 + ty
+                v = ZERO
+                if r < M and k < Kd:
+                    v = A[k, r]
+                As[tx, ty] = v
+            if tb == 0:
+                k = k0 + ty
+                c = j0 + tx
+                v = ZERO
+                if k < Kd and c < N:
+                    v = Bm[k, c]
+                    if has_b2 != 0:
+                        v += B2[k, c]
+                Bs[ty, tx] = v
+            else:
+                k = k0 + tx
+                c = j0 + ty
+                v = ZERO
+                if k < Kd and c < N:
+                    v = Bm[c, k]
+                    if has_b2 != 0:
+                        v += B2[c, k]
+                Bs[tx, ty] = v
+            cuda.syncthreads()
+            for kk in range(min(TS, Kd - k0)):
+                acc += As[ty, kk] * Bs[kk, tx]
+            cuda.syncthreads()
+        if i < M and j < N:
+            v = alpha * acc
+            if beta != ZERO:
+                v += beta * C[i, j]
+            if has_bias != 0:
+                v += bias[j]
+            C[i, j] = v
+
+    def pref_gather(H, idx, Hc):
+        """Compaction: ``Hc[k] = H[idx_k // T, idx_k % T]`` (the tokens with mask = 1)."""
+        c = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+        k = cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y
+        if k < Hc.shape[0] and c < Hc.shape[1]:
+            p = idx[k]
+            r = p // H.shape[1]
+            Hc[k, c] = H[r, p - r * H.shape[1], c]
+
+    def pref_scatter(Gc, idx, out):
+        """Inverse of pref_gather: ``out[idx_k // T, idx_k % T] = Gc[k]`` (other rows untouched)."""
+        c = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+        k = cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y
+        if k < Gc.shape[0] and c < Gc.shape[1]:
+            p = idx[k]
+            r = p // out.shape[1]
+            out[r, p - r * out.shape[1], c] = Gc[k, c]
+
+    def pref_lse_update(Z, y, j0, mx, s, zy):
+        """Online LSE of one logit block (rows of Z; vocab columns j0 ...), fused with the
+        target-logit gather: per row, ``mx' = max(mx, max Z)``,
+        ``s = s e^{mx - mx'} + sum e^{Z - mx'}``, ``zy = Z[y - j0]`` when y is in the block.
+        Block (lanes, rows): the lanes of a row stride over its columns, then merge their
+        (max, sum) pairs through shared memory."""
+        rm = cuda.shared.array(MAXT, dtype=NB)
+        rs = cuda.shared.array(MAXT, dtype=NB)
+        lane = cuda.threadIdx.x
+        nl = cuda.blockDim.x
+        t = cuda.threadIdx.y * nl + lane
+        i = cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y
+        m = NINF
+        sm = ZERO
+        if i < Z.shape[0]:
+            col = y[i] - j0
+            for j in range(lane, Z.shape[1], nl):
+                x = Z[i, j]
+                if j == col:
+                    zy[i] = x
+                m, sm = lse_push(m, sm, x)
+        rm[t] = m
+        rs[t] = sm
+        lse_merge(rm, rs, t, lane, nl)
+        if lane == 0 and i < Z.shape[0]:
+            m_old = mx[i]
+            mn = max(m_old, rm[t])
+            if mn != NINF:
+                s[i] = s[i] * math.exp(m_old - mn) + rs[t] * math.exp(rm[t] - mn)
+                mx[i] = mn
+
+    def pref_lse_finish(mx, s, zy, lse, tok):
+        """``lse = mx + log s`` and the token log-prob ``tok = z_y - lse``."""
+        k = cuda.grid(1)
+        if k < lse.shape[0]:
+            v = mx[k] + math.log(s[k])
+            lse[k] = v
+            tok[k] = zy[k] - v
+
+    def pref_grad_block(Z, y, j0, lse, c):
+        """In place: ``Z <- c_i (onehot(y_i - j0) - exp(Z - lse_i))`` (the logit gradient)."""
+        j = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+        i = cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y
+        if i < Z.shape[0] and j < Z.shape[1]:
+            g = -math.exp(Z[i, j] - lse[i])
+            if y[i] - j0 == j:
+                g += ONE
+            Z[i, j] = c[i] * g
+
+    def pref_colsum(G, out):
+        """``out[j] += sum_i G[i, j]`` (db of one vocab block), one thread per column."""
+        j = cuda.grid(1)
+        if j < G.shape[1]:
+            acc = ZERO
+            for i in range(G.shape[0]):
+                acc += G[i, j]
+            out[j] += acc
+
+    def pref_seq_sum(tok, starts, out, average):
+        """Per-row segment sums of the compacted token log-probs, one block per row (tokens of
+        row r are ``starts[r]:starts[r + 1]``; shared-memory tree, blockDim a power of 2);
+        divided by the count n_r when average."""
+        red = cuda.shared.array(MAXT, dtype=NB)
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        r = cuda.blockIdx.x
+        k0 = starts[r]
+        k1 = starts[r + 1]
+        acc = ZERO
+        for k in range(k0 + t, k1, nt):
+            acc += tok[k]
+        red[t] = acc
+        cuda.syncthreads()
+        off = nt // 2
+        while off > 0:
+            if t < off:
+                red[t] += red[t + off]
+            cuda.syncthreads()
+            off //= 2
+        if t == 0:
+            v = red[0]
+            if average != 0:
+                v = v / DT(k1 - k0)
+            out[r] = v
+
+    def pref_token_coef(dlogp, starts, c, average):
+        """Per-token coefficient ``c_k = dL/dl_r a_r`` of the row r holding token k
+        (a_r = 1, or 1/n_r when average); one block per row, threads over its tokens."""
+        r = cuda.blockIdx.x
+        k0 = starts[r]
+        k1 = starts[r + 1]
+        v = dlogp[r]
+        if average != 0:
+            v = v * (ONE / DT(k1 - k0))
+        for k in range(k0 + cuda.threadIdx.x, k1, cuda.blockDim.x):
+            c[k] = v
+
+    def pref_dpo(logp, ref, loss, cr, rr, dlogp, beta, ls, loss_type):
+        """The DPO losses from (R,) log-probs, one block. Mirrors ``refimpl.preference._dpo``
+        (the formula's single source; keep the two identical): h = (l_c - ref_c) - (l_r - ref_r),
+        u = beta h; sigmoid (0): loss = (1-ls) softplus(-u) + ls softplus(u),
+        kappa = beta (sig(u) - 1 + ls) with sig(u) = exp(-softplus(-u)); hinge (1):
+        max(0, 1 - u), kappa = -beta 1[u < 1]; ipo (2): (h - 1/(2 beta))^2,
+        kappa = 2 (h - 1/(2 beta)). Writes rewards beta (l - ref), ``dlogp = (+kappa, -kappa)/B``
+        and ``loss[0]`` = the mean over pairs (shared-memory tree; blockDim a power of 2)."""
+        red = cuda.shared.array(MAXT, dtype=NB)
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        B = logp.shape[0] // 2
+        Bf = DT(B)
+        acc = ZERO
+        for i in range(t, B, nt):
+            dc = logp[i] - ref[i]
+            dr = logp[B + i] - ref[B + i]
+            h = dc - dr
+            u = beta * h
+            if loss_type == 0:
+                tail = math.log1p(math.exp(-abs(u)))     # logaddexp(0, +-u) = max(0, +-u) + tail
+                sp_neg = max(-u, ZERO) + tail
+                sp_pos = max(u, ZERO) + tail
+                li = (ONE - ls) * sp_neg + ls * sp_pos
+                kappa = beta * (math.exp(-sp_neg) - ONE + ls)
+            elif loss_type == 1:
+                li = max(ZERO, ONE - u)
+                kappa = ZERO
+                if u < ONE:
+                    kappa = -beta
+            else:
+                q = h - ONE / (TWO * beta)
+                li = q * q
+                kappa = TWO * q
+            cr[i] = beta * dc
+            rr[i] = beta * dr
+            dlogp[i] = kappa / Bf
+            dlogp[B + i] = -kappa / Bf
+            acc += li
+        red[t] = acc
+        cuda.syncthreads()
+        off = nt // 2
+        while off > 0:
+            if t < off:
+                red[t] += red[t + off]
+            cuda.syncthreads()
+            off //= 2
+        if t == 0:
+            loss[0] = red[0] / Bf
+
+    def pref_frob_dot(A, Bm, out):
+        """``out[0] += sum_ij A_ij Bm_ij`` (grid-stride, shared-memory tree, one atomic per
+        block; blockDim a power of 2). ``A is Bm`` gives the squared Frobenius norm."""
+        red = cuda.shared.array(MAXT, dtype=NB)
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        ncol = A.shape[1]
+        total = A.shape[0] * ncol
+        acc = ZERO
+        e = cuda.blockIdx.x * nt + t
+        while e < total:
+            i = e // ncol
+            j = e - i * ncol
+            acc += A[i, j] * Bm[i, j]
+            e += cuda.gridDim.x * nt
+        red[t] = acc
+        cuda.syncthreads()
+        off = nt // 2
+        while off > 0:
+            if t < off:
+                red[t] += red[t + off]
+            cuda.syncthreads()
+            off //= 2
+        if t == 0:
+            cuda.atomic.add(out, 0, red[0])
+
+    def pref_sam_scale(x, out, ss, nrm, rho, norm_eps):
+        """``n = max(sqrt(max(ss[0], 0)), norm_eps)``, ``out = (rho / n) x`` (may be in place),
+        ``nrm[0] = n`` — the SAM normalisation without a host read."""
+        k = cuda.grid(1)
+        nv = max(math.sqrt(max(ss[0], ZERO)), norm_eps)
+        if k == 0:
+            nrm[0] = nv
+        if k < x.shape[0]:
+            out[k] = (rho / nv) * x[k]
+
+    def pref_absmul(G, W):
+        """In place ``G *= |W|`` (adaptive logits-SAM)."""
+        j = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+        i = cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y
+        if i < G.shape[0] and j < G.shape[1]:
+            G[i, j] = G[i, j] * abs(W[i, j])
+
+    def pref_cast(src, dst):
+        """``dst = src`` converted to this kernel's dtype (``ref_logp`` of the other dtype)."""
+        k = cuda.grid(1)
+        if k < dst.shape[0]:
+            dst[k] = DT(src[k])
+
     return {
         "__tile__": TS,
         "fill1d": fill1d,
@@ -1247,4 +1581,18 @@ def _build(dtype: str) -> dict:
         "ot_linear_value": ot_linear_value,
         "ot_center": ot_center,
         "ot_div_combine": ot_div_combine,
+        "pref_gemm": pref_gemm,
+        "pref_gather": pref_gather,
+        "pref_scatter": pref_scatter,
+        "pref_lse_update": pref_lse_update,
+        "pref_lse_finish": pref_lse_finish,
+        "pref_grad_block": pref_grad_block,
+        "pref_colsum": pref_colsum,
+        "pref_seq_sum": pref_seq_sum,
+        "pref_token_coef": pref_token_coef,
+        "pref_dpo": pref_dpo,
+        "pref_frob_dot": pref_frob_dot,
+        "pref_sam_scale": pref_sam_scale,
+        "pref_absmul": pref_absmul,
+        "pref_cast": pref_cast,
     }

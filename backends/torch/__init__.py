@@ -27,7 +27,7 @@ import torch
 from refimpl import _validate
 
 NAME = "torch"
-DTYPES = ("float32", "float64")
+DTYPES = ("float32", "float64", "bfloat16")  # bfloat16: the ops whose registry entry lists it
 
 
 def device() -> torch.device:
@@ -49,20 +49,25 @@ def native(**arrays) -> None:
     _validate.native(NAME, is_native, "torch.Tensor", **arrays)
 
 
-def asarray(a) -> torch.Tensor:
-    """A NumPy array (or scalar) as a tensor on :func:`device`, dtype kept (an explicit copy)."""
+def asarray(a, dtype: str | None = None) -> torch.Tensor:
+    """A NumPy array (or scalar) as a tensor on :func:`device` (an explicit copy): dtype kept,
+    or cast to ``dtype`` by name (e.g. ``"bfloat16"``, which NumPy cannot hold) on the device."""
     if isinstance(a, torch.Tensor):
-        return a.to(device())
-    a = np.asarray(a)
-    if not a.flags.c_contiguous:  # e.g. negative strides, which torch cannot wrap
-        a = a.copy()
-    return torch.as_tensor(a, device=device())
+        t = a.to(device())
+    else:
+        a = np.asarray(a)
+        if not a.flags.c_contiguous:  # e.g. negative strides, which torch cannot wrap
+            a = a.copy()
+        t = torch.as_tensor(a, device=device())
+    return t if dtype is None else t.to(getattr(torch, dtype))
 
 
 def to_numpy(x) -> np.ndarray:
-    """A tensor as a NumPy array (an explicit device-to-host copy, detached from autograd)."""
+    """A tensor as a NumPy array (an explicit device-to-host copy, detached from autograd);
+    bfloat16 comes back as float32 (exactly: NumPy has no bfloat16)."""
     if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
+        x = x.detach()
+        return (x.float() if x.dtype == torch.bfloat16 else x).cpu().numpy()
     return np.asarray(x)
 
 

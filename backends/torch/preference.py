@@ -9,24 +9,34 @@ Structure (preference.md sec. 8):
 
 - :class:`_TokenLogp`, one custom ``torch.autograd.Function``, computes the log-probs
   ``z_y - LSE(z)`` of the selected tokens of the *compacted* rows (mask = 1 only; prompt and
-  padding never reach a matmul) with an online log-sum-exp over vocab blocks
-  (``token_chunk`` x ``vocab_chunk``; ``None`` = one block), storing only ``lse`` (n values);
+  padding never reach a matmul) with an online log-sum-exp, storing only ``lse`` (n values);
   its backward recomputes each logit block, ``G_b = c (onehot_b(y) - exp(Z_b - lse))`` and
-  accumulates ``dH``, ``dW``, ``db``. With chunks set, no N x V tensor exists at any time.
-  Accumulation dtype: float64 for float64 inputs, float32 otherwise (bf16 blocks are upcast;
-  ``dW``/``db`` accumulate in float32 and are cast to the input dtype at the end).
+  accumulates ``dH``, ``dW``, ``db``. Both sweeps run vocabulary blocks outside and token
+  blocks inside (``vocab_chunk`` x ``token_chunk``; ``None`` = one block): ``dW_b``/``db_b``
+  are complete after their inner loop and go straight to the output, so the workspace is one
+  logit block (plus its exp), dH (n x d, accumulation dtype) and the running (max, sum, z_y)
+  of the n tokens. With chunks set, no N x V tensor exists at any time.
+- Accumulation dtype: float64 for float64 inputs, float32 otherwise. **bf16** inputs are GEMM
+  operands as they are (:func:`_mm`: on CUDA one tensor-core GEMM with fp32 accumulation and
+  an fp32 result, ``torch.mm(..., out_dtype=torch.float32)``; elsewhere the same arithmetic on
+  upcast operands); the logit gradient G is rounded to bf16 as the operand of the dH and dW
+  GEMMs (as Liger and every fused bf16 head do); softmax, LSE and G itself are fp32.
 - The DPO formula (sec. 3) is :func:`_dpo_from_logp`, plain torch code written once, used by
   every function here (losses, rewards and ``dL/dlogp`` via autograd).
 - logits-SAM (sec. 5, 6) runs the four sweeps: A) clean forward (lse0, L_pre, kappa0),
   B) ``g_W = G0^T H`` into one V x d buffer (float32 for bf16) -> ``eps_W = rho g_W / n``,
-  A') forward on ``W_b + eps_b`` (formed in float32 per vocab block, never rounded to bf16),
-  B') backward at Z' -> ``dH = G'(W + eps)``, ``dW = G'^T H``, ``db = sum G'``.
-  ``logits_sam_dpo`` returns ``L_post`` differentiable by autograd w.r.t. H, W, b with eps
-  frozen (the same Function, with eps passed as a constant).
+  A') forward at ``W + eps``, B') backward at Z' -> ``dH = G'(W + eps)``, ``dW = G'^T H``,
+  ``db = sum G'``. The perturbation is never rounded into a bf16 W (:class:`_Shift`): float32
+  and float64 heads form ``W_b + eps_b`` per block in the accumulation dtype; a bf16 head keeps
+  ``eps = s E`` with ``E`` bf16 (relative precision 2^-9) and adds ``s H E_b^T`` (one more bf16
+  GEMM) to the logits and ``s G E_b`` to dH. ``logits_sam_dpo`` returns ``L_post``
+  differentiable by autograd w.r.t. H, W, b with eps frozen (the same Function, with the
+  perturbation passed as a constant).
   ``delta="gram"`` (non-adaptive only) replaces the V x d buffer by ``K = H_c H_c^T`` (n x n):
-  ``Z' = Z0 + (rho/n) K G0`` with G0 recomputed per block, ``n^2 = <G0 G0^T, K>_F``, and
+  ``Z' = Z0 + (rho/n) K G0`` with G0 recomputed per vocab block, ``n^2 = <G0 G0^T, K>_F``, and
   ``dH = G' W + (rho/n) (G' G0^T) H``; ``eps_W`` is returned as None (as the reference). It
-  recomputes G0 of all n tokens for every (row block, vocab block): worth it only when n << d.
+  computes in the accumulation dtype and recomputes G0 of all n tokens per vocab block (and
+  per token block in the forward): worth it only when n << d.
 
 Dtypes of the outputs (our choice): gradients have the input dtype; scalar/vector results
 (losses, log-probs, rewards, ``grad_norm``) have the accumulation dtype (float32 for bf16
@@ -114,22 +124,72 @@ def _blocks(n: int, chunk):
     return [(i, min(i + step, n)) for i in range(0, n, step)]
 
 
-def _w_rows(W, eps, idx, cd):
-    """Rows of the effective head ``W + eps`` in the accumulation dtype (eps a tensor or None)."""
-    Wb = W[idx].to(cd)
-    if isinstance(eps, torch.Tensor):
-        Wb = Wb + eps[idx]
-    return Wb
+def _mm(a, b):
+    """``a @ b`` in the accumulation dtype. bf16 operands: on CUDA one tensor-core GEMM with
+    fp32 accumulation and an fp32 result (``torch.mm(..., out_dtype=torch.float32)``); on
+    other devices the same arithmetic on upcast operands (a product of two bf16 values is
+    exact in fp32, so only the summation order differs)."""
+    if a.dtype != torch.bfloat16:
+        return a @ b
+    if a.is_cuda:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return a.float() @ b.float()
 
 
-def _logit_block(Hr, W, b, pert, i0, i1, j0, j1, cd):
-    """``(Z_b, W_b)``: the logits of rows i0:i1 (``Hr``) and vocab block j0:j1, and the head
-    rows they used. ``pert``: None, a weight perturbation eps (tensor) or a :class:`_Gram`."""
-    Wb = _w_rows(W, pert, slice(j0, j1), cd)
-    Z = Hr @ Wb.T if b is None else torch.addmm(b[j0:j1].to(cd), Hr, Wb.T)
+def _operand(x, cd):
+    """A GEMM operand: bf16 stays bf16 (for :func:`_mm`), anything else in the accumulation dtype."""
+    return x if x.dtype == torch.bfloat16 else x.to(cd)
+
+
+class _Shift:
+    """A constant weight perturbation eps_W (V, d) in the accumulation dtype (what
+    ``logits_sam_dpo_grad`` returns). With a bf16 head it is also held as ``s * E``,
+    ``s = max |eps|`` and ``E = bf16(eps / s)`` — relative precision 2^-9 — so that bf16 GEMMs
+    carry it: ``W + eps`` rounded to bf16 would drop it (its entries lie below the bf16 spacing
+    of W, preference.md sec. 5)."""
+
+    def __init__(self, eps, head_dtype):
+        self.eps = eps
+        self.split = head_dtype == torch.bfloat16
+        if self.split:
+            self.s = eps.abs().amax().clamp(min=torch.finfo(torch.float32).tiny)
+            self.E = (eps / self.s).to(torch.bfloat16)
+
+
+def _head_block(W, pert, j0, j1, cd):
+    """Rows j0:j1 of the effective head ``W + eps`` as GEMM operands ``(W_b, E_b, s)``: float32/64
+    ``W_b + eps_b`` in the accumulation dtype (``E_b`` None); bf16 ``W_b`` and ``eps_b = s E_b``."""
+    Wb = _operand(W[j0:j1], cd)
+    if not isinstance(pert, _Shift):
+        return Wb, None, None
+    if pert.split:
+        return Wb, pert.E[j0:j1], pert.s
+    return Wb + pert.eps[j0:j1], None, None
+
+
+def _times_head_t(Hr, blk):
+    """``H_r (W + eps)_b^T`` in the accumulation dtype."""
+    Wb, Eb, s = blk
+    Z = _mm(Hr, Wb.T)
+    return Z if Eb is None else Z + s * _mm(Hr, Eb.T)
+
+
+def _times_head(G, blk):
+    """``G_b (W + eps)_b`` (G rounded to bf16 for a bf16 head, as a tensor-core operand)."""
+    Wb, Eb, s = blk
+    G = G.to(Wb.dtype)
+    out = _mm(G, Wb)
+    return out if Eb is None else out + s * _mm(G, Eb)
+
+
+def _logits(Hr, b, pert, blk, i0, i1, j0, j1, cd):
+    """The logit block ``Z_b = H_r (W + eps)_b^T + b_b`` (+ the Gram shift) in the accumulation dtype."""
+    Z = _times_head_t(Hr, blk)
+    if b is not None:
+        Z = Z + b[j0:j1].to(cd)
     if isinstance(pert, _Gram):
         Z = Z + pert.delta(i0, i1, j0, j1)
-    return Z, Wb
+    return Z
 
 
 def _onehot_add(G, yr, j0, j1, val):
@@ -142,73 +202,89 @@ def _onehot_add(G, yr, j0, j1, val):
 
 
 def _forward_sweep(Hc, W, b, pert, y, token_chunk, vocab_chunk):
-    """Per-token ``(z_y - lse, lse)`` with an online LSE over vocab blocks (sweeps A, A');
-    ``z_y`` is picked from the block that holds it."""
+    """Per-token ``(z_y - lse, lse)`` with an online LSE (sweeps A, A'): vocabulary blocks
+    outside, token blocks inside, a running (max, sum, z_y) per token; ``z_y`` is picked from
+    the block that holds it."""
     cd = _acc_dtype(Hc.dtype)
-    n, Vn, dev = Hc.shape[0], W.shape[0], Hc.device
-    tok = torch.empty(n, dtype=cd, device=dev)
-    lse = torch.empty(n, dtype=cd, device=dev)
-    for i0, i1 in _blocks(n, token_chunk):
-        Hr, yr = Hc[i0:i1].to(cd), y[i0:i1]
-        mx = torch.full((i1 - i0,), -torch.inf, dtype=cd, device=dev)
-        s = torch.zeros(i1 - i0, dtype=cd, device=dev)
-        zy = torch.zeros(i1 - i0, dtype=cd, device=dev)
-        for j0, j1 in _blocks(Vn, vocab_chunk):
-            Z, _ = _logit_block(Hr, W, b, pert, i0, i1, j0, j1, cd)
-            mx_new = torch.maximum(mx, Z.amax(dim=1))
-            s = s * torch.exp(mx - mx_new) + torch.exp(Z - mx_new[:, None]).sum(dim=1)
-            mx = mx_new
+    n, dev = Hc.shape[0], Hc.device
+    mx = torch.full((n,), -torch.inf, dtype=cd, device=dev)
+    s = torch.zeros(n, dtype=cd, device=dev)
+    zy = torch.zeros(n, dtype=cd, device=dev)
+    for j0, j1 in _blocks(W.shape[0], vocab_chunk):
+        blk = _head_block(W, pert, j0, j1, cd)
+        for i0, i1 in _blocks(n, token_chunk):
+            Z = _logits(_operand(Hc[i0:i1], cd), b, pert, blk, i0, i1, j0, j1, cd)
+            m0 = mx[i0:i1]
+            m1 = torch.maximum(m0, Z.amax(dim=1))
+            s[i0:i1] = s[i0:i1] * torch.exp(m0 - m1) + torch.exp(Z - m1[:, None]).sum(dim=1)
+            mx[i0:i1] = m1
+            yr = y[i0:i1]
             inb = (yr >= j0) & (yr < j1)
-            zy = torch.where(inb, Z.gather(1, (yr - j0).clamp(0, j1 - j0 - 1)[:, None])[:, 0], zy)
-        lse[i0:i1] = mx + torch.log(s)
-        tok[i0:i1] = zy - lse[i0:i1]
-    return tok, lse
+            picked = Z.gather(1, (yr - j0).clamp(0, j1 - j0 - 1)[:, None])[:, 0]
+            zy[i0:i1] = torch.where(inb, picked, zy[i0:i1])
+    lse = mx + torch.log(s)
+    return zy - lse, lse
 
 
-def _grad_block(Hr, W, b, pert, yr, lr, cr, i0, i1, j0, j1, cd):
-    """``(G_b = c (onehot_b(y) - exp(Z_b - lse)), W_b)`` recomputed for one block."""
-    Z, Wb = _logit_block(Hr, W, b, pert, i0, i1, j0, j1, cd)
-    G = torch.exp(Z - lr[:, None]).mul_(-cr[:, None])
-    return _onehot_add(G, yr, j0, j1, cr), Wb
+def _grad_block(Z, yr, lr, cr, j0, j1):
+    """``G_b = c (onehot_b(y) - exp(Z_b - lse))`` from a recomputed logit block (in place)."""
+    G = torch.exp(Z.sub_(lr[:, None])).mul_(-cr[:, None])
+    return _onehot_add(G, yr, j0, j1, cr)
 
 
 def _backward_sweep(Hc, W, b, pert, y, lse, c, token_chunk, vocab_chunk,
-                    need_H=True, need_W=True, need_b=True):
+                    need_H=True, need_W=True, need_b=True, out_dtype=None):
     """Recompute each logit block; with ``G = c (onehot(y) - softmax)`` return
-    ``(G (W + eps), G^T H, sum G)`` (None where not needed), in the accumulation dtype. With a
-    :class:`_Gram` ``pert``, ``dH = G W + (rho/n) (G G0^T) H`` (eps_W = (rho/n) G0^T H frozen)."""
+    ``(G (W + eps), G^T H, sum G)`` (None where not needed). Vocabulary blocks outside:
+    ``dW_b``/``db_b`` are complete after their inner token loop and are stored in
+    ``out_dtype`` (default: the accumulation dtype; a bf16 head's gradient needs no fp32
+    V x d buffer), so the only full-size accumulator is dH (n x d, accumulation dtype). With
+    a :class:`_Gram` ``pert``, ``dH = G W + (rho/n) (G G0^T) H`` (eps_W = (rho/n) G0^T H
+    frozen)."""
     cd = _acc_dtype(Hc.dtype)
+    od = out_dtype or cd
     n, d, Vn, dev = Hc.shape[0], Hc.shape[1], W.shape[0], Hc.device
-    gram = isinstance(pert, _Gram)
+    gram = isinstance(pert, _Gram) and need_H
     dH = torch.zeros(n, d, dtype=cd, device=dev) if need_H else None
-    dW = torch.zeros(Vn, d, dtype=cd, device=dev) if need_W else None
-    db = torch.zeros(Vn, dtype=cd, device=dev) if need_b else None
-    for i0, i1 in _blocks(n, token_chunk):
-        Hr, yr, cr, lr = Hc[i0:i1].to(cd), y[i0:i1], c[i0:i1].to(cd), lse[i0:i1]
-        Mr = torch.zeros(i1 - i0, n, dtype=cd, device=dev) if (gram and need_H) else None
-        for j0, j1 in _blocks(Vn, vocab_chunk):
-            G, Wb = _grad_block(Hr, W, b, pert, yr, lr, cr, i0, i1, j0, j1, cd)
+    dW = torch.empty(Vn, d, dtype=od, device=dev) if need_W else None
+    db = torch.empty(Vn, dtype=od, device=dev) if need_b else None
+    M = torch.zeros(n, n, dtype=cd, device=dev) if gram else None
+    c = c.to(cd)
+    for j0, j1 in _blocks(Vn, vocab_chunk):
+        blk = _head_block(W, pert, j0, j1, cd)
+        g0 = pert.g0(j0, j1) if gram else None
+        dWj = torch.zeros(j1 - j0, d, dtype=cd, device=dev) if need_W else None
+        dbj = torch.zeros(j1 - j0, dtype=cd, device=dev) if need_b else None
+        for i0, i1 in _blocks(n, token_chunk):
+            Hr = _operand(Hc[i0:i1], cd)
+            Z = _logits(Hr, b, pert, blk, i0, i1, j0, j1, cd)
+            G = _grad_block(Z, y[i0:i1], lse[i0:i1], c[i0:i1], j0, j1)
             if need_H:
-                dH[i0:i1].addmm_(G, Wb)
-                if Mr is not None:
-                    Mr.addmm_(G, pert.g0(j0, j1).T)
+                dH[i0:i1] += _times_head(G, blk)
+            if gram:
+                M[i0:i1].addmm_(G, g0.T)
             if need_W:
-                dW[j0:j1].addmm_(G.T, Hr)
+                dWj += _mm(G.to(Hr.dtype).T, Hr)
             if need_b:
-                db[j0:j1] += G.sum(dim=0)
-        if Mr is not None:
-            dH[i0:i1] += pert.scale * (Mr @ pert.Hc)
+                dbj += G.sum(dim=0)
+        if need_W:
+            dW[j0:j1] = dWj
+        if need_b:
+            db[j0:j1] = dbj
+    if gram:
+        dH += pert.scale * (M @ pert.Hc)
     return dH, dW, db
 
 
 class _Gram:
     """``delta="gram"``: ``Z' = Z0 + (rho/n) K G0`` with ``K = H_c H_c^T`` (n x n) and G0 the
     clean logit gradient, recomputed per vocab block for all n tokens (never a V x d buffer);
-    ``n^2 = <G0 G0^T, K>_F`` accumulated over vocab blocks. Cost O(n^2 (d + V))."""
+    ``n^2 = <G0 G0^T, K>_F`` accumulated over vocab blocks. Cost O(n^2 (d + V)). Computes in
+    the accumulation dtype throughout (no bf16 GEMMs)."""
 
     def __init__(self, Hc, W, b, y, lse0, c0, rho, norm_eps, token_chunk, vocab_chunk):
         cd = _acc_dtype(Hc.dtype)
-        self.Hc, self.W, self.b, self.y, self.lse0, self.c0 = Hc.to(cd), W, b, y, lse0, c0
+        self.Hc, self.W, self.b, self.y, self.lse0, self.c0 = Hc.to(cd), W, b, y, lse0, c0.to(cd)
         self.cd, self.token_chunk = cd, token_chunk
         self.K = self.Hc @ self.Hc.T
         n_tok = Hc.shape[0]
@@ -222,11 +298,12 @@ class _Gram:
 
     def g0(self, j0, j1):
         """Clean logit gradient ``G0[:, j0:j1]`` of all n tokens (n, j1 - j0)."""
+        blk = _head_block(self.W, None, j0, j1, self.cd)
+        blk = (blk[0].to(self.cd), None, None)
         out = torch.empty(self.Hc.shape[0], j1 - j0, dtype=self.cd, device=self.Hc.device)
         for i0, i1 in _blocks(self.Hc.shape[0], self.token_chunk):
-            out[i0:i1], _ = _grad_block(self.Hc[i0:i1], self.W, self.b, None, self.y[i0:i1],
-                                        self.lse0[i0:i1], self.c0[i0:i1], i0, i1, j0, j1,
-                                        self.cd)
+            Z = _logits(self.Hc[i0:i1], self.b, None, blk, i0, i1, j0, j1, self.cd)
+            out[i0:i1] = _grad_block(Z, self.y[i0:i1], self.lse0[i0:i1], self.c0[i0:i1], j0, j1)
         return out
 
     def delta(self, i0, i1, j0, j1):
@@ -236,28 +313,25 @@ class _Gram:
 class _TokenLogp(torch.autograd.Function):
     """Per-token log-probs ``log softmax(H_c (W + eps)^T + b)[y]`` of the compacted tokens.
 
-    ``pert`` is None, a constant perturbation eps (accumulation dtype, added per vocab block in
-    the accumulation dtype) or a :class:`_Gram`; the gradient w.r.t. W is the gradient at
-    ``W + eps`` and no gradient flows through the perturbation."""
+    ``pert`` is None, a :class:`_Shift` (constant eps_W) or a :class:`_Gram`; the gradient
+    w.r.t. W is the gradient at ``W + eps`` and no gradient flows through the perturbation."""
 
     @staticmethod
     def forward(ctx, Hc, W, b, pert, y, token_chunk, vocab_chunk):
         tok, lse = _forward_sweep(Hc, W, b, pert, y, token_chunk, vocab_chunk)
-        eps = pert if isinstance(pert, torch.Tensor) else None
-        ctx.save_for_backward(Hc, W, b, eps, y, lse)
-        ctx.gram = pert if isinstance(pert, _Gram) else None
+        ctx.save_for_backward(Hc, W, b, y, lse)
+        ctx.pert = pert
         ctx.chunks = (token_chunk, vocab_chunk)
         return tok
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_tok):
-        Hc, W, b, eps, y, lse = ctx.saved_tensors
-        pert = ctx.gram if ctx.gram is not None else eps
+        Hc, W, b, y, lse = ctx.saved_tensors
         need_H, need_W, need_b = ctx.needs_input_grad[:3]
-        dH, dW, db = _backward_sweep(Hc, W, b, pert, y, lse, grad_tok, *ctx.chunks,
+        dH, dW, db = _backward_sweep(Hc, W, b, ctx.pert, y, lse, grad_tok, *ctx.chunks,
                                      need_H=need_H, need_W=need_W,
-                                     need_b=need_b and b is not None)
+                                     need_b=need_b and b is not None, out_dtype=W.dtype)
         return (None if dH is None else dH.to(Hc.dtype),
                 None if dW is None else dW.to(W.dtype),
                 None if db is None else db.to(b.dtype),
@@ -394,9 +468,10 @@ def _sam_args(H, W, labels, mask, ref_logp, beta, rho, b, loss_type, label_smoot
 
 def _perturbation(H, W, b, ref_logp, toks, tc, vc, beta, loss_type, ls, rho, norm_eps,
                   adaptive, delta):
-    """Sweeps A and B: ``(loss_pre, n, pert)``. ``delta="weight"``: pert = eps_W = rho g_W / n
-    (V, d; accumulation dtype, a constant), ``g_W = G0^T H`` (times ``|W|`` with ``adaptive``);
-    ``delta="gram"``: pert is a :class:`_Gram` (no V x d buffer). n in at least float32."""
+    """Sweeps A and B: ``(loss_pre, n, pert)``. ``delta="weight"``: pert is a :class:`_Shift`
+    holding eps_W = rho g_W / n (V, d; accumulation dtype, a constant), ``g_W = G0^T H``
+    (times ``|W|`` with ``adaptive``); ``delta="gram"``: pert is a :class:`_Gram` (no V x d
+    buffer). n in at least float32."""
     average = loss_type == "ipo"
     with torch.no_grad():
         Hc = toks.compact(H.detach())
@@ -419,7 +494,7 @@ def _perturbation(H, W, b, ref_logp, toks, tc, vc, beta, loss_type, ls, rho, nor
             gW.mul_(Wd.abs().to(gW.dtype))
         n = torch.clamp(torch.linalg.vector_norm(gW), min=norm_eps)
         eps_W = gW.mul_(rho / n)                                                 # in place
-    return loss_pre.detach(), n, eps_W
+    return loss_pre.detach(), n, _Shift(eps_W, W.dtype)
 
 
 def logits_sam_dpo(H, W, labels, mask, ref_logp, beta, rho, b=None, *, loss_type="sigmoid",
@@ -452,5 +527,5 @@ def logits_sam_dpo_grad(H, W, labels, mask, ref_logp, beta, rho, b=None, *,
                                          beta, loss_type, ls)
         dH, dW, db = _grads_of(loss_post, Hl, Wl, bl)
     return {"loss_pre": loss_pre, "loss_post": loss_post.detach(), "grad_norm": n.detach(),
-            "eps_W": pert if isinstance(pert, torch.Tensor) else None,
+            "eps_W": pert.eps if isinstance(pert, _Shift) else None,
             "dH": dH, "dW": dW, "db": db, "chosen_rewards": cr, "rejected_rewards": rr}
