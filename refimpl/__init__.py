@@ -7,10 +7,12 @@ SciPy only.
 
 Families: :mod:`refimpl.softdtw` (Soft-DTW, arXiv 1703.01541, 2010.08354) and
 :mod:`refimpl.ot` (entropic and exact optimal transport), :mod:`refimpl.preference` (DPO
-through a linear head and logits-SAM, arXiv 2305.18290, 2603.18258).
+through a linear head and logits-SAM, arXiv 2305.18290, 2603.18258),
+:mod:`refimpl.cross_tokenizer` (DWA-KD, CTPD, TIS-DPO, arXiv 2602.21669, 2601.11865,
+2410.04350).
 """
 
-from refimpl import ot, preference, softdtw
+from refimpl import cross_tokenizer, ot, preference, softdtw
 
 __version__ = "0.1.0"
-__all__ = ["ot", "preference", "softdtw", "__version__"]
+__all__ = ["cross_tokenizer", "ot", "preference", "softdtw", "__version__"]

@@ -16,6 +16,8 @@ from typing import Callable, Mapping
 import numpy as np
 
 from refimpl._cases import Case
+from refimpl._cases import ctpd as _ct
+from refimpl._cases import dwa_kd as _dk
 from refimpl._cases import ot as _ot
 from refimpl._cases import preference as _pf
 from refimpl._cases import softdtw as _sd
@@ -122,6 +124,43 @@ OPS: tuple[Op, ...] = (
         "rejected_rewards"), _pf.cases_logits_sam, _pf.TOL, outputs=_pf.sam_outputs,
        grad_of="logits_sam_dpo", doc="one exact logits-SAM step (official code's non-ZeRO path)",
        dtypes=_pf.DTYPES),
+    Op("kd_divergence", "cross_tokenizer", _dk.PAPER, ("div",), _dk.cases_kd_divergence, _dk.TOL,
+       wrt=("z_s",), vjp=_dk.vjp_kd_divergence, dtypes=_dk.KD_DTYPES,
+       doc="per-token KD divergences of DSKD/DWA-KD (fkl, rkl, skewed, js, adaptive)"),
+    Op("kd_divergence_grad", "cross_tokenizer", _dk.PAPER, ("div", "dz_s"),
+       _dk.cases_kd_divergence, _dk.TOL, grad_of="kd_divergence", dtypes=_dk.KD_DTYPES,
+       doc="KD divergence and its closed-form gradient w.r.t. the student logits"),
+    Op("entropy_weights", "cross_tokenizer", _dk.PAPER, ("w_s",), _dk.cases_entropy_weights,
+       _dk.TOL, doc="DWA-KD student-uncertainty token weights (mean 1 per row)"),
+    Op("certainty_weights", "cross_tokenizer", _dk.PAPER, ("w_t",), _dk.cases_certainty_weights,
+       _dk.TOL, doc="DWA-KD teacher-confidence token weights"),
+    Op("kd_gate", "cross_tokenizer", _dk.PAPER, ("g",), _dk.cases_kd_gate, _dk.TOL,
+       doc="DWA-KD soft gate: t2s max-probability with linear warm-up"),
+    Op("cma_band_penalty", "cross_tokenizer", _dk.PAPER, ("P",), _dk.cases_cma_band_penalty,
+       _dk.TOL, doc="DWA-KD soft band penalty from the CMA attention"),
+    Op("dwa_dtw_loss", "cross_tokenizer", _dk.PAPER, ("value",), _dk.cases_dwa_dtw_loss, _dk.TOL,
+       wrt=("X", "Y"), vjp=_dk.vjp_dwa_dtw_loss,
+       doc="DWA-KD Soft-DTW divergence (cosine cost, band penalty), batch sum"),
+    Op("dwa_dtw_loss_grad", "cross_tokenizer", _dk.PAPER, ("value", "dX", "dY"),
+       _dk.cases_dwa_dtw_loss, _dk.TOL, grad_of="dwa_dtw_loss",
+       doc="DWA-KD Soft-DTW loss and its gradients w.r.t. X and Y"),
+    Op("span_sum", "cross_tokenizer", _ct.CTPD_PAPER, ("span_logps",), _ct.cases_span_sum,
+       _ct.TOL, wrt=("token_logps",), vjp=_ct.vjp_span_sum,
+       doc="CTPD span log-probs: segment sum of token log-probs (sum, mean, padded_mean)"),
+    Op("span_weights", "cross_tokenizer", _ct.CTPD_PAPER, ("w",), _ct.cases_span_weights, _ct.TOL,
+       doc="CTPD span weights k exp(mu clip(lp+ - lp-, lo, hi)), rounded half to even"),
+    Op("ctpd_loss", "cross_tokenizer", _ct.CTPD_PAPER, ("loss", "rewards_w", "rewards_l"),
+       _ct.cases_ctpd_loss, _ct.TOL, wrt=("ellS",), vjp=_ct.vjp_ctpd_loss,
+       doc="CTPD teacher-anchored DPO on weighted span log-probs"),
+    Op("ctpd_loss_grad", "cross_tokenizer", _ct.CTPD_PAPER, ("loss", "d_ellS"),
+       _ct.cases_ctpd_loss, _ct.TOL, grad_of="ctpd_loss",
+       doc="CTPD loss and its gradient w.r.t. the student span log-probs"),
+    Op("tis_dpo_loss", "cross_tokenizer", _ct.TIS_PAPER, ("loss", "rewards_w", "rewards_l"),
+       _ct.cases_tis_dpo_loss, _ct.TIS_TOL, wrt=("logits",), vjp=_ct.vjp_tis_dpo_loss,
+       doc="TIS-DPO: token-weighted DPO with the full-vocabulary KL term", dtypes=_ct.TIS_DTYPES),
+    Op("tis_dpo_loss_grad", "cross_tokenizer", _ct.TIS_PAPER, ("loss", "dlogits"),
+       _ct.cases_tis_dpo_loss, _ct.TIS_TOL, grad_of="tis_dpo_loss",
+       doc="TIS-DPO loss and its gradient w.r.t. the policy logits", dtypes=_ct.TIS_DTYPES),
 )
 
 REGISTRY: dict[str, Op] = {op.name: op for op in OPS}

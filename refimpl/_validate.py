@@ -385,12 +385,19 @@ def pref_head(H, W, labels, mask, b=None, to_numpy: Callable = np.asarray) -> Pr
         same_dtype("W", W, "b", b)
         if tuple(b.shape) != (V,):
             raise ValueError(f"b must have shape ({V},) (W's rows), got {tuple(b.shape)}")
-    for name, x in (("labels", labels), ("mask", mask)):
+    pref_labels(labels, mask, R, T, V, "H's first two axes", to_numpy)
+    return PrefShape(R, T, d, V)
+
+
+def pref_labels(labels, mask, R: int, T: int, V: int, axes: str, to_numpy: Callable = np.asarray,
+                **more) -> np.ndarray:
+    """``labels``/``mask`` (and any ``more`` arrays) of shape (R, T) (``axes`` says whose);
+    integer labels in [0, V) where mask = 1. Returns the host mask (bool)."""
+    for name, x in (("labels", labels), ("mask", mask), *more.items()):
         if not hasattr(x, "shape"):
             raise TypeError(f"{name} must be an array of shape ({R}, {T}), got {type(x).__name__}")
         if tuple(x.shape) != (R, T):
-            raise ValueError(f"{name} must have shape ({R}, {T}) (H's first two axes), got "
-                             f"{tuple(x.shape)}")
+            raise ValueError(f"{name} must have shape ({R}, {T}) ({axes}), got {tuple(x.shape)}")
     y = np.asarray(to_numpy(labels))
     if y.dtype.kind not in "iu":
         raise TypeError(f"labels must be an integer array, got dtype {y.dtype}")
@@ -400,7 +407,7 @@ def pref_head(H, W, labels, mask, b=None, to_numpy: Callable = np.asarray) -> Pr
         if ym.min() < 0 or ym.max() >= V:
             raise ValueError(f"labels must lie in [0, {V}) where mask = 1, got values in "
                              f"[{ym.min()}, {ym.max()}]")
-    return PrefShape(R, T, d, V)
+    return m
 
 
 def pref_mask(mask, to_numpy: Callable = np.asarray) -> np.ndarray:
@@ -463,3 +470,369 @@ def pref_sam(rho, norm_eps, delta, adaptive) -> tuple[float, float, str]:
         raise ValueError("delta='gram' is the non-adaptive identity; use delta='weight' with "
                          "adaptive=True")
     return rho, norm_eps, delta
+
+
+# --------------------------------------------------------------------------- cross-tokenizer: CTPD and TIS-DPO
+
+SPAN_RULES = ("official", "ends")
+SPAN_REDUCES = ("sum", "mean", "padded_mean")
+
+
+def span_offsets(offsets, name: str) -> list:
+    """Character offsets of one tokenised response: a sequence of ``(a, b)`` integer pairs or
+    ``None`` (a token without offset, e.g. an appended EOS). Returns a list of ``(a, b)``/None.
+
+    Rules: ``0 <= a <= b``; starts and ends non-decreasing (tokens in text order); consecutive
+    tokens may share at most one character (a byte-level tokenizer splitting one multi-byte
+    character gives the pieces that character's offset), so ``a_k >= b_{k-1} - 1``."""
+    if isinstance(offsets, (str, bytes)) or not hasattr(offsets, "__len__"):
+        raise TypeError(f"{name} must be a sequence of (start, end) pairs or None, got "
+                        f"{type(offsets).__name__}")
+    out, prev, prev_k = [], None, None
+    for k, item in enumerate(offsets):
+        if item is None:
+            out.append(None)
+            continue
+        if isinstance(item, (str, bytes)) or not hasattr(item, "__len__") or len(item) != 2:
+            raise ValueError(f"{name}[{k}] must be a (start, end) pair or None, got {item!r}")
+        a, b = item
+        for v in (a, b):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise TypeError(f"{name}[{k}] must hold integers, got {item!r}")
+        a, b = int(a), int(b)
+        if a < 0 or b < a:
+            raise ValueError(f"{name}[{k}] = ({a}, {b}) must satisfy 0 <= start <= end")
+        if prev is not None:
+            pa, pb = prev
+            if a < pa or b < pb:
+                raise ValueError(f"{name} offsets must be non-decreasing (tokens in text order): "
+                                 f"{name}[{prev_k}] = {prev}, {name}[{k}] = ({a}, {b})")
+            if a < pb - 1:
+                raise ValueError(f"{name}[{prev_k}] = {prev} and {name}[{k}] = ({a}, {b}) overlap by "
+                                 f"{pb - a} characters (at most 1 is allowed: the split character "
+                                 f"of a byte-level tokenizer); offsets of another text?")
+        out.append((a, b))
+        prev, prev_k = (a, b), k
+    return out
+
+
+def span_seg(seg, shape: tuple, num_spans, name: str = "seg",
+             to_numpy: Callable = np.asarray) -> tuple[np.ndarray, int]:
+    """Segment ids of shape ``shape`` (that of the token array) or ``(shape[-1],)`` (one
+    segmentation shared by every row), integers in ``[-1, num_spans)``; -1 = in no span."""
+    num_spans = positive_int(num_spans, "num_spans", minimum=0)
+    if not hasattr(seg, "shape"):
+        raise TypeError(f"{name} must be an integer array, got {type(seg).__name__}")
+    if len(shape) == 0:
+        raise ValueError("token_logps must be at least 1-D (..., K)")
+    if tuple(seg.shape) not in (tuple(shape), tuple(shape[-1:])):
+        raise ValueError(f"{name} must have shape {tuple(shape)} (token_logps) or "
+                         f"({shape[-1]},) (shared by every row), got {tuple(seg.shape)}")
+    h = np.asarray(to_numpy(seg))
+    if h.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array, got dtype {h.dtype}")
+    if h.size and (h.min() < -1 or h.max() >= num_spans):
+        raise ValueError(f"{name} must lie in [-1, {num_spans}) (-1 = no span), got values in "
+                         f"[{h.min()}, {h.max()}]")
+    return h, num_spans
+
+
+def span_logp_pair(lp_pos, lp_neg) -> None:
+    """``lp_pos`` and ``lp_neg``: float arrays of one shape (the two scoring models' span
+    log-probs)."""
+    float_array(lp_pos, "lp_pos")
+    float_array(lp_neg, "lp_neg")
+    if tuple(lp_neg.shape) != tuple(lp_pos.shape):
+        raise ValueError(f"lp_neg must have the shape of lp_pos {tuple(lp_pos.shape)}, got "
+                         f"{tuple(lp_neg.shape)}")
+
+
+def span_weight_args(k, lo, hi, decimals) -> tuple[float, float, float, int | None]:
+    """``k > 0``, ``lo <= hi`` finite, ``decimals`` a non-negative int or None (no rounding)."""
+    k = positive_float(k, "k")
+    for name, v in (("lo", lo), ("hi", hi)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite real number, got {v!r}")
+    if lo > hi:
+        raise ValueError(f"lo must be <= hi (the clip interval), got lo={lo}, hi={hi}")
+    if decimals is not None:
+        decimals = positive_int(decimals, "decimals", minimum=0)
+    return k, float(lo), float(hi), decimals
+
+
+def ctpd_args(ellS, ellT, w, beta) -> tuple[int, int, float]:
+    """Span log-probs ``ellS``, ``ellT`` and weights ``w``, all (2B, R) with the dtype of
+    ``ellS``, chosen rows first; ``beta > 0``. Returns ``(B, R, beta)``."""
+    float_array(ellS, "ellS", ndims=(2,))
+    for name, x in (("ellT", ellT), ("w", w)):
+        float_array(x, name, ndims=(2,))
+        same_dtype("ellS", ellS, name, x)
+        if tuple(x.shape) != tuple(ellS.shape):
+            raise ValueError(f"{name} must have the shape of ellS {tuple(ellS.shape)} (2B rows, "
+                             f"R spans), got {tuple(x.shape)}")
+    rows, R = (int(s) for s in ellS.shape)
+    if rows % 2 or rows == 0:
+        raise ValueError(f"ellS must have an even, non-zero number of rows 2B (chosen rows first, "
+                         f"then rejected), got {rows}")
+    return rows // 2, R, positive_float(beta, "beta")
+
+
+def tis_dpo_args(logits, ref_logits, labels, mask, weights, beta, alpha,
+                 to_numpy: Callable = np.asarray) -> tuple[int, int, int, float, float, np.ndarray]:
+    """``logits``/``ref_logits`` (R, T, V) of one dtype, integer ``labels`` (R, T) in [0, V)
+    where mask = 1, ``mask`` (R, T) in {0, 1}, ``weights`` (R, T); R even (chosen first);
+    ``beta > 0``, ``alpha >= 0``. Returns ``(R, T, V, beta, alpha, host mask)``."""
+    allowed = FLOATS + ("bfloat16",)
+    float_array(logits, "logits", ndims=(3,), allowed=allowed)
+    float_array(ref_logits, "ref_logits", ndims=(3,), allowed=allowed)
+    same_dtype("logits", logits, "ref_logits", ref_logits)
+    if tuple(ref_logits.shape) != tuple(logits.shape):
+        raise ValueError(f"ref_logits must have the shape of logits {tuple(logits.shape)}, got "
+                         f"{tuple(ref_logits.shape)}")
+    R, T, Vs = (int(s) for s in logits.shape)
+    if R % 2 or R == 0:
+        raise ValueError(f"logits must have an even, non-zero number of rows R = 2B (chosen rows "
+                         f"first), got R = {R}")
+    float_array(weights, "weights", ndims=(2,), allowed=allowed)
+    m = pref_labels(labels, mask, R, T, Vs, "logits' first two axes, labels already shifted",
+                    to_numpy, weights=weights)
+    return R, T, Vs, positive_float(beta, "beta"), nonneg_float(alpha, "alpha"), m
+
+
+# --------------------------------------------------------------------------- cross-tokenizer: DWA-KD
+
+KD_KINDS = ("forward_kl", "reverse_kl", "skewed_forward_kl", "skewed_reverse_kl", "js",
+            "adaptive_kl")
+DTW_POSITIONS = ("mask", "prefix")
+DWA_VARIANTS = ("dwa", "dskd")
+
+
+class KdArgs(NamedTuple):
+    kind: str
+    tau: float
+    tea_temp: float
+    use_tea_temp: bool
+    skew: float
+    adaptive_alpha: float | None
+
+
+def kd_args(z_s, z_t, kind, tau, tea_temp, use_tea_temp, skew, adaptive_alpha) -> KdArgs:
+    """``kd_divergence``: logits (..., V) of equal shape and dtype; ``tau, tea_temp > 0``;
+    ``0 <= skew <= 1``; ``adaptive_alpha`` (required for ``adaptive_kl``) in [0, 1]."""
+    float_array(z_s, "z_s", allowed=FLOATS + ("bfloat16",))
+    float_array(z_t, "z_t", allowed=FLOATS + ("bfloat16",))
+    same_dtype("z_s", z_s, "z_t", z_t)
+    if len(z_s.shape) < 1 or z_s.shape[-1] < 1:
+        raise ValueError(f"z_s must have shape (..., V) with V >= 1, got {tuple(z_s.shape)}")
+    if tuple(z_s.shape) != tuple(z_t.shape):
+        raise ValueError(f"z_t must have z_s's shape {tuple(z_s.shape)} (both logits over the same "
+                         f"vocabulary), got {tuple(z_t.shape)}")
+    kind = choice(kind, "kind", KD_KINDS)
+    tau = positive_float(tau, "tau")
+    tea_temp = positive_float(tea_temp, "tea_temp")
+    skew = nonneg_float(skew, "skew")
+    if skew > 1:
+        raise ValueError(f"skew must lie in [0, 1], got {skew}")
+    if kind == "adaptive_kl":
+        if adaptive_alpha is None:
+            raise ValueError("kind='adaptive_kl' needs adaptive_alpha (the official script value "
+                             "is unknown, so there is no default)")
+        adaptive_alpha = nonneg_float(adaptive_alpha, "adaptive_alpha")
+        if adaptive_alpha > 1:
+            raise ValueError(f"adaptive_alpha must lie in [0, 1], got {adaptive_alpha}")
+    return KdArgs(kind, tau, tea_temp, bool(use_tea_temp), skew, adaptive_alpha)
+
+
+def token_mask(mask, name: str, shape: tuple[int, ...], to_numpy: Callable = np.asarray) -> np.ndarray:
+    """A token mask of ``shape`` (bool, integer or float holding only 0 and 1), as host bool."""
+    if not hasattr(mask, "shape"):
+        raise TypeError(f"{name} must be an array of shape {tuple(shape)}, got {type(mask).__name__}")
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(mask.shape)}")
+    h = np.asarray(to_numpy(mask))
+    if h.dtype == bool:
+        return h
+    if h.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be bool, integer or float, got dtype {h.dtype}")
+    if not np.all((h == 0) | (h == 1)):
+        raise ValueError(f"{name} must hold only 0 and 1 (1 = target token)")
+    return h != 0
+
+
+def logits_and_mask(z, mask, zname: str, mname: str, to_numpy: Callable = np.asarray) -> np.ndarray:
+    """Logits (B, N, V) and their token mask (B, N); returns the mask as host bool."""
+    float_array(z, zname, ndims=(3,), allowed=FLOATS + ("bfloat16",))
+    if z.shape[-1] < 1:
+        raise ValueError(f"{zname} must have a non-empty vocabulary axis, got {tuple(z.shape)}")
+    return token_mask(mask, mname, tuple(z.shape[:2]), to_numpy)
+
+
+def nonneg_int(v, name: str) -> int:
+    return positive_int(v, name, minimum=0)
+
+
+def band_args(alpha, w0, kappa, rho) -> tuple[float, float, float, float]:
+    """Soft-band parameters: ``0 <= alpha <= 1``; ``w0, kappa, rho >= 0``."""
+    alpha = nonneg_float(alpha, "alpha")
+    if alpha > 1:
+        raise ValueError(f"alpha (centre blend) must lie in [0, 1], got {alpha}")
+    return alpha, nonneg_float(w0, "w0"), nonneg_float(kappa, "kappa"), nonneg_float(rho, "rho")
+
+
+def band_attention(A, name: str = "A") -> tuple[int, int]:
+    """An attention block (..., n, m) with n, m >= 1 and non-negative entries."""
+    float_array(A, name)
+    if len(A.shape) < 2 or A.shape[-2] < 1 or A.shape[-1] < 1:
+        raise ValueError(f"{name} must have shape (..., n, m) with n, m >= 1, got {tuple(A.shape)}")
+    h = np.asarray(A)
+    if np.isnan(h).any() or (h < 0).any():
+        raise ValueError(f"{name} must hold attention weights (>= 0, no NaN)")
+    return int(A.shape[-2]), int(A.shape[-1])
+
+
+def gamma_schedule(step, gamma0, gamma1, steps) -> tuple[int, float, float, int]:
+    return (nonneg_int(step, "step"), positive_float(gamma0, "gamma0"),
+            positive_float(gamma1, "gamma1"), nonneg_int(steps, "steps"))
+
+
+class DwaDtwArgs(NamedTuple):
+    B: int
+    N: int
+    M: int
+    d: int
+    mask_s: np.ndarray
+    mask_t: np.ndarray
+    gamma: float
+    positions: str
+    use_band: bool
+    band: tuple[float, float, float, float]
+
+
+def dwa_dtw_args(X, Y, mask_s, mask_t, gamma, A, positions, band, alpha, w0, kappa, rho,
+                 to_numpy: Callable = np.asarray) -> DwaDtwArgs:
+    """``dwa_dtw_loss``: X (B, N', d), Y (B, M', d), masks (B, N'), (B, M'), A (B, N', M') or
+    None. The band is used when ``band`` and A is given and ``w0 > 0`` (the official rule)."""
+    B, N, M, d = point_pair(X, Y)
+    if B is None:
+        raise ValueError(f"X and Y must be batched (B, N', d) and (B, M', d), got "
+                         f"{tuple(X.shape)} and {tuple(Y.shape)}")
+    ms = token_mask(mask_s, "mask_s", (B, N), to_numpy)
+    mt = token_mask(mask_t, "mask_t", (B, M), to_numpy)
+    gamma = sdtw_gamma(gamma)
+    positions = choice(positions, "positions", DTW_POSITIONS)
+    params = band_args(alpha, w0, kappa, rho)
+    if A is not None:
+        float_array(A, "A", ndims=(3,))
+        if tuple(A.shape) != (B, N, M):
+            raise ValueError(f"A must have shape ({B}, {N}, {M}) (the t2s attention of X's and "
+                             f"Y's positions), got {tuple(A.shape)}")
+    use_band = bool(band) and A is not None and params[1] > 0
+    return DwaDtwArgs(B, N, M, d, ms, mt, gamma, positions, use_band, params)
+
+
+class CmaShape(NamedTuple):
+    B: int
+    N: int
+    M: int
+    d_s: int
+    d_t: int
+    V_s: int
+    V_t: int
+
+
+def _shape_is(x, name: str, want: tuple[int, ...], what: str = "") -> None:
+    float_array(x, name)
+    if tuple(x.shape) != tuple(want):
+        raise ValueError(f"{name} must have shape {tuple(want)}{what}, got {tuple(x.shape)}")
+
+
+def projector(proj, key: str, d_in: int, d_out: int) -> None:
+    """``proj[key] = (weight (d_out, d_in), bias (d_out,))`` — torch ``nn.Linear`` layout."""
+    if not isinstance(proj, dict) or key not in proj:
+        raise ValueError(f"proj must be a dict holding {key!r}: (weight, bias)")
+    pair = proj[key]
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        raise TypeError(f"proj[{key!r}] must be a pair (weight, bias)")
+    _shape_is(pair[0], f"proj[{key!r}] weight", (d_out, d_in), " (nn.Linear: out x in)")
+    _shape_is(pair[1], f"proj[{key!r}] bias", (d_out,))
+
+
+def cma_args(e_s_in, e_s_tgt, e_t_in, e_t_tgt, H_s, H_t, mask_s, mask_t, proj, W_s, W_t,
+             to_numpy: Callable = np.asarray) -> tuple[CmaShape, np.ndarray, np.ndarray]:
+    """Cross-model attention inputs: student (B, N', d_s) embeddings and states, teacher
+    (B, M', d_t), heads W_s (V_S, d_s), W_t (V_T, d_t), projectors query (2d_s -> 2d_t),
+    t2s (d_t -> d_s), s2t (d_s -> d_t)."""
+    float_array(H_s, "H_s", ndims=(3,))
+    float_array(H_t, "H_t", ndims=(3,))
+    B, N, d_s = (int(s) for s in H_s.shape)
+    if int(H_t.shape[0]) != B:
+        raise ValueError(f"H_t must have batch size {B} (H_s's), got {tuple(H_t.shape)}")
+    M, d_t = int(H_t.shape[1]), int(H_t.shape[2])
+    for name, x in (("e_s_in", e_s_in), ("e_s_tgt", e_s_tgt)):
+        _shape_is(x, name, (B, N, d_s), " (H_s's shape)")
+    for name, x in (("e_t_in", e_t_in), ("e_t_tgt", e_t_tgt)):
+        _shape_is(x, name, (B, M, d_t), " (H_t's shape)")
+    float_array(W_s, "W_s", ndims=(2,))
+    float_array(W_t, "W_t", ndims=(2,))
+    if int(W_s.shape[1]) != d_s:
+        raise ValueError(f"W_s must have shape (V_S, {d_s}), got {tuple(W_s.shape)}")
+    if int(W_t.shape[1]) != d_t:
+        raise ValueError(f"W_t must have shape (V_T, {d_t}), got {tuple(W_t.shape)}")
+    projector(proj, "query", 2 * d_s, 2 * d_t)
+    projector(proj, "t2s", d_t, d_s)
+    projector(proj, "s2t", d_s, d_t)
+    ms = token_mask(mask_s, "mask_s", (B, N), to_numpy)
+    mt = token_mask(mask_t, "mask_t", (B, M), to_numpy)
+    shape = CmaShape(B, N, M, d_s, d_t, int(W_s.shape[0]), int(W_t.shape[0]))
+    return shape, ms, mt
+
+
+def dwa_labels(labels, name: str, shape: tuple[int, int], V: int,
+               to_numpy: Callable = np.asarray) -> np.ndarray:
+    """Shifted integer labels (B, N) with -100 on prompt and padding, others in [0, V)."""
+    if not hasattr(labels, "shape"):
+        raise TypeError(f"{name} must be an integer array of shape {shape}")
+    if tuple(labels.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(labels.shape)}")
+    y = np.asarray(to_numpy(labels))
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array, got dtype {y.dtype}")
+    valid = y != -100
+    if valid.any() and (y[valid].min() < 0 or y[valid].max() >= V):
+        raise ValueError(f"{name} must be -100 (ignored) or lie in [0, {V}), got values in "
+                         f"[{y[valid].min()}, {y[valid].max()}]")
+    return y
+
+
+def dwa_kd_args(z_s, z_t, labels_s, labels_t, H_s, H_t, W_s, W_t, rates, variant, kind, step,
+                to_numpy: Callable = np.asarray):
+    """The arguments of ``dwa_kd_loss`` (shapes read with ``np.shape``/``.shape`` only).
+    Returns ``(B, N, Vs, M, Vt, host labels_s, host labels_t, (r_ce, r_kd, r_dtw), variant,
+    step)``."""
+    float_array(z_s, "z_s", ndims=(3,))
+    float_array(z_t, "z_t", ndims=(3,))
+    B, N, Vs = (int(x) for x in z_s.shape)
+    if int(z_t.shape[0]) != B:
+        raise ValueError(f"z_t must have batch size {B} (z_s's), got {tuple(z_t.shape)}")
+    M, Vt = int(z_t.shape[1]), int(z_t.shape[2])
+    ys = dwa_labels(labels_s, "labels_s", (B, N), Vs, to_numpy=to_numpy)
+    yt = dwa_labels(labels_t, "labels_t", (B, M), Vt, to_numpy=to_numpy)
+    rates = dwa_rates(rates)
+    variant = choice(variant, "variant", DWA_VARIANTS)
+    if kind == "adaptive_kl":
+        raise ValueError("dwa_kd_loss has no adaptive_alpha argument; use kd_divergence for "
+                         "kind='adaptive_kl'")
+    step = nonneg_int(step, "step")
+    if tuple(W_s.shape)[:1] != (Vs,) or tuple(W_t.shape)[:1] != (Vt,):
+        raise ValueError(f"W_s / W_t must have V_S = {Vs} / V_T = {Vt} rows (the logits' "
+                         f"vocabularies), got {tuple(W_s.shape)} / {tuple(W_t.shape)}")
+    if tuple(H_s.shape)[:2] != (B, N) or tuple(H_t.shape)[:2] != (B, M):
+        raise ValueError(f"H_s / H_t must start with z_s's (B, N') = {(B, N)} / z_t's (B, M') = "
+                         f"{(B, M)}, got {tuple(H_s.shape)} / {tuple(H_t.shape)}")
+    return B, N, Vs, M, Vt, ys, yt, rates, variant, step
+
+
+def dwa_rates(rates) -> tuple[float, float, float]:
+    if not isinstance(rates, (tuple, list)) or len(rates) != 3:
+        raise TypeError(f"rates must be a triple (ce, kd, dtw), got {rates!r}")
+    return tuple(nonneg_float(r, f"rates[{i}]") for i, r in enumerate(rates))

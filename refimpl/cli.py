@@ -160,15 +160,16 @@ def cmd_bench(args) -> int:
     return 0
 
 
-DEMOS = ("softdtw", "ot", "squeezing")
+DEMOS = ("softdtw", "ot", "squeezing", "cross-tokenizer")
 DTYPE_NAMES = tuple(dict.fromkeys(d for op in _ops.OPS for d in op.dtypes))
 
 
 def cmd_demo(args) -> int:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    summary = importlib.import_module(f"refimpl.demos.{args.name}").run(out)
-    print(f"wrote {out / (args.name + '.png')} and {out / (args.name + '.json')}")
+    name = args.name.replace("-", "_")            # module and file names use underscores
+    summary = importlib.import_module(f"refimpl.demos.{name}").run(out)
+    print(f"wrote {out / (name + '.png')} and {out / (name + '.json')}")
     scalars = {k: v for k, v in summary.items() if not isinstance(v, (list, dict))}
     print(json.dumps({**scalars, **summary.get("headline", {})}, indent=1, default=str))
     return 0

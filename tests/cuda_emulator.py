@@ -229,18 +229,20 @@ class Smem:
 
 def patch_backend(monkeypatch, emulator: Emulator) -> types.SimpleNamespace:
     """Every module of ``backends.cupy`` with NumPy for CuPy and the emulator for the GPU:
-    ``SimpleNamespace(sd=softdtw, ot=ot, pref=preference, calls=emulator.calls)``."""
+    ``SimpleNamespace(sd=softdtw, ot=ot, pref=preference, ct=cross_tokenizer,
+    calls=emulator.calls)``."""
     import backends.cupy as package
+    import backends.cupy.cross_tokenizer as bct
     import backends.cupy.ot as bot
     import backends.cupy.preference as bpref
     import backends.cupy.softdtw as bsd
 
     fake = _NumpyAsCupy()
     monkeypatch.setattr(package, "cupy", fake)  # is_native (the mixed-backend check) lives here
-    for mod in (bsd, bot, bpref):
+    for mod in (bsd, bot, bpref, bct):
         monkeypatch.setattr(mod, "cupy", fake)
     monkeypatch.setattr(K, "launch", emulator.launch)
     monkeypatch.setattr(K, "dynamic_smem_limit", lambda name: Smem.limit)
     monkeypatch.setattr(K, "reserve_dynamic_smem", lambda name, nbytes: None)
     emulator.calls.clear()
-    return types.SimpleNamespace(sd=bsd, ot=bot, pref=bpref, calls=emulator.calls)
+    return types.SimpleNamespace(sd=bsd, ot=bot, pref=bpref, ct=bct, calls=emulator.calls)

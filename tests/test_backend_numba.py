@@ -32,17 +32,9 @@ from refimpl import ot as rot  # noqa: E402
 from refimpl import softdtw as sd  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SIM = backends.simulator()
-ON_GPU = (not SIM) and backends.reason("numba_cuda") is None
-
-sim_only = pytest.mark.skipif(
-    not SIM, reason="Numba CUDA simulator tests: run with NUMBA_ENABLE_CUDASIM=1")
-GPU_REASON = ("needs a real CUDA device for numba-cuda: "
-              + ("NUMBA_ENABLE_CUDASIM=1 is set" if SIM else str(backends.reason("numba_cuda"))))
-
-
-def rng_for(seed):
-    return np.random.default_rng(20261122 + seed)
+from numba_sim import GPU_REASON, ON_GPU, conforms, nb, rng_for, sim_only  # noqa: E402,F401
+from numba_sim import to_dev as _d  # noqa: E402
+from numba_sim import to_host as _h  # noqa: E402
 
 
 def pad_nan(A, lengths, axis):
@@ -111,27 +103,6 @@ def ptx_results():
 
 
 # --------------------------------------------------------------------------- (b) simulator
-
-
-@pytest.fixture(scope="module")
-def nb():
-    """The backend in the simulator, with a short thread switch interval (every simulated
-    CUDA thread is a Python thread; the default 5 ms interval makes each barrier slow)."""
-    if not SIM:
-        pytest.skip("Numba CUDA simulator tests: run with NUMBA_ENABLE_CUDASIM=1")
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-4)
-    yield backends.get("numba_cuda")
-    sys.setswitchinterval(old)
-
-
-def _d(bk, a, dtype=None):
-    a = np.asarray(a)
-    return bk.asarray(a.astype(dtype) if dtype and a.dtype.kind == "f" else a)
-
-
-def _h(bk, x):
-    return np.asarray(bk.to_numpy(x), dtype=np.float64)
 
 
 @sim_only
@@ -281,15 +252,6 @@ def test_sim_sinkhorn_guard_returns_the_previous_iterate(nb, tol, check_every):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
 
 
-def _conforms(got, declared) -> bool:
-    from numba.core import types
-
-    if isinstance(declared, types.Array):
-        return (isinstance(got, types.Array) and got.dtype == declared.dtype
-                and got.ndim == declared.ndim and declared.layout in ("A", got.layout))
-    return got == declared
-
-
 @sim_only
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_sim_every_launch_matches_a_compiled_signature(nb, monkeypatch, dtype):
@@ -329,11 +291,12 @@ def test_sim_every_launch_matches_a_compiled_signature(nb, monkeypatch, dtype):
         declared, _ = normalize_signature(K.signature(name, dt))
         assert len(declared) == len(argtypes), name
         bad = [(i, str(g), str(w)) for i, (g, w) in enumerate(zip(argtypes, declared))
-               if not _conforms(g, w)]
+               if not conforms(g, w)]
         assert not bad, f"{name}[{dt}] launched with argument types not in its signature: {bad}"
-    # the preference family's pref_* kernels have their own launch check in
-    # tests/test_backend_numba_preference.py (test_sim_every_pref_launch_matches_...)
-    listed = {name for name in K._SIGNATURES if not name.startswith("pref_")}
+    # the preference family's pref_* kernels and the cross-tokenizer family's ct_* kernels
+    # have their own launch checks in tests/test_backend_numba_preference.py and
+    # tests/test_backend_numba_cross_tokenizer.py
+    listed = {name for name in K._SIGNATURES if not name.startswith(("pref_", "ct_"))}
     assert {name for name, _, _ in K.RECORD} == listed, "a listed kernel never ran"
 
 

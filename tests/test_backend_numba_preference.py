@@ -26,27 +26,13 @@ from refimpl._cases.preference import TOL, head_inputs
 pytest.importorskip("numba")
 from backends.numba_cuda import _kernels as K  # noqa: E402
 
-SIM = backends.simulator()
-ON_GPU = (not SIM) and backends.reason("numba_cuda") is None
-sim_only = pytest.mark.skipif(
-    not SIM, reason="Numba CUDA simulator tests: run with NUMBA_ENABLE_CUDASIM=1")
-GPU_REASON = ("needs a real CUDA device for numba-cuda: "
-              + ("NUMBA_ENABLE_CUDASIM=1 is set" if SIM else str(backends.reason("numba_cuda"))))
+from numba_sim import GPU_REASON, ON_GPU, conforms, nb, sim_only  # noqa: E402,F401
+from numba_sim import rng_for as _rng  # noqa: E402
+from numba_sim import to_host as _h  # noqa: E402
 
 PUBLIC = ("seq_logps", "dpo_loss", "dpo_loss_grad", "linear_dpo_loss", "linear_dpo_loss_grad",
           "logits_sam_dpo", "logits_sam_dpo_grad")
 F64 = dict(rtol=1e-10, atol=1e-10)
-
-
-def _rng(seed):
-    return np.random.default_rng(20261122 + seed)
-
-
-@pytest.fixture(scope="module")
-def nb():
-    if not SIM:
-        pytest.skip("Numba CUDA simulator tests: run with NUMBA_ENABLE_CUDASIM=1")
-    return backends.get("numba_cuda")
 
 
 def _d(bk, a, dtype="float64"):
@@ -54,8 +40,7 @@ def _d(bk, a, dtype="float64"):
     return bk.asarray(a.astype(dtype) if a.dtype.kind == "f" else a)
 
 
-def _h(bk, x):
-    return None if x is None else np.asarray(bk.to_numpy(x), dtype=np.float64)
+
 
 
 def _case(seed, B=2, T=5, d=8, V=11, *, bias=True, empty_row=None, ipo=False):
@@ -332,15 +317,6 @@ def test_sim_bad_input_raises_the_reference_errors(nb):
         nb.seq_logps(_d(nb, H, "float16"), Wd, ld, md)
 
 
-def _conforms(got, declared) -> bool:
-    from numba.core import types
-
-    if isinstance(declared, types.Array):
-        return (isinstance(got, types.Array) and got.dtype == declared.dtype
-                and got.ndim == declared.ndim and declared.layout in ("A", got.layout))
-    return got == declared
-
-
 @sim_only
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_sim_every_pref_launch_matches_a_compiled_signature(nb, monkeypatch, dtype):
@@ -359,7 +335,7 @@ def test_sim_every_pref_launch_matches_a_compiled_signature(nb, monkeypatch, dty
         declared, _ = normalize_signature(K.signature(name, dt))
         assert len(declared) == len(argtypes), name
         bad = [(i, str(g), str(w)) for i, (g, w) in enumerate(zip(argtypes, declared))
-               if not _conforms(g, w)]
+               if not conforms(g, w)]
         assert not bad, f"{name}[{dt}] launched with argument types not in its signature: {bad}"
     ran = {name for name, _, _ in K.RECORD if name.startswith("pref_")}
     assert ran == {name for name in K._SIGNATURES if name.startswith("pref_")}

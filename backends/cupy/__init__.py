@@ -10,7 +10,10 @@ Sinkhorn half-iterations (online log-sum-exp, never forming ``(f - C)/eps``); co
 cuBLAS GEMMs with fused epilogues; the preference family (DPO through a linear head,
 logits-SAM) runs cuBLAS GEMMs per (token, vocab) block with a fused online-LSE/target-gather
 kernel and an in-place logit-gradient kernel (``preference.py``; it reads labels and mask on
-the host for validation, O(R T)). Exact OT (``emd``, ``emd_grad``) is an explicit host solve
+the host for validation, O(R T)); the cross-tokenizer family (``cross_tokenizer.py``: KD
+divergences, DWA-KD weights, band and Soft-DTW loss, CTPD span sums and loss, TIS-DPO) runs
+fused per-row softmax kernels, a float64-atomic segment sum, CuPy glue and the Soft-DTW
+backend (it reads masks, labels and segment ids on the host for validation). Exact OT (``emd``, ``emd_grad``) is an explicit host solve
 (the reference on copies of the inputs), its results returned on the device.
 
 Importing this package imports CuPy and NumPy only: no CUDA context is created, nothing is
@@ -87,6 +90,11 @@ def describe() -> str:
 
 
 # The op modules import nothing from this package's namespace above; they are plain imports.
+from backends.cupy.cross_tokenizer import (  # noqa: E402
+    certainty_weights, cma_band_penalty, ctpd_loss, ctpd_loss_grad, dwa_dtw_loss,
+    dwa_dtw_loss_grad, entropy_weights, kd_divergence, kd_divergence_grad, kd_gate, span_sum,
+    span_weights, tis_dpo_loss, tis_dpo_loss_grad,
+)
 from backends.cupy.ot import (  # noqa: E402
     emd, emd_grad, pairwise_cost, sinkhorn, sinkhorn_cost, sinkhorn_cost_grad,
     sinkhorn_divergence, sinkhorn_log,
@@ -109,4 +117,7 @@ __all__ = [
     "pairwise_cost", "emd", "emd_grad",
     "seq_logps", "dpo_loss", "dpo_loss_grad", "linear_dpo_loss", "linear_dpo_loss_grad",
     "logits_sam_dpo", "logits_sam_dpo_grad",
+    "kd_divergence", "kd_divergence_grad", "entropy_weights", "certainty_weights", "kd_gate",
+    "cma_band_penalty", "dwa_dtw_loss", "dwa_dtw_loss_grad", "span_sum", "span_weights",
+    "ctpd_loss", "ctpd_loss_grad", "tis_dpo_loss", "tis_dpo_loss_grad",
 ]

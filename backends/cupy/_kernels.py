@@ -536,6 +536,258 @@ __device__ __forceinline__ void pref_grad_block(T* __restrict__ G, long long ld,
 }
 """
 
+_CROSS_TOKENIZER = r"""
+// ---------------------------------------------------------------- cross-tokenizer (cross_tokenizer.md sec. 3, 4, 8, 10)
+// Row kernels: one block per row of a (rows, V) logit array (blocks grid-stride over the
+// rows; the row loop is block-uniform, so __syncthreads inside it is safe). blockDim.x is a
+// multiple of 32. Softmaxes by an online max/sum over the row (the scipy rule at the edges:
+// a +inf logit gives lse = +inf, an all -inf row gives lse = -inf, so log p = z - lse is
+// -inf / NaN exactly where the reference's log_softmax is).
+
+template <typename T>
+__device__ __forceinline__ void ct_lse_push(T& mx, T& s, T x) {
+  if (x > mx) { s = s * RiNum<T>::ex(mx - x) + (T)1; mx = x; }
+  else if (mx > -RiNum<T>::inf()) s += RiNum<T>::ex(x - mx);
+  else s += (x == x) ? (T)0 : x;      // NaN into an empty state propagates
+}
+
+template <typename T>
+__device__ __forceinline__ void ct_lse_merge(T& mx, T& s, T mx2, T s2) {
+  if (mx2 > mx) { s = s * RiNum<T>::ex(mx - mx2) + s2; mx = mx2; }
+  else if (mx2 > -RiNum<T>::inf()) s += s2 * RiNum<T>::ex(mx2 - mx);
+  else s += (s2 == s2) ? (T)0 : s2;
+}
+
+// log-sum-exp of a finished (mx, s) state: +inf if the max is +inf (the sum is then inf or NaN)
+template <typename T>
+__device__ __forceinline__ T ct_lse(T mx, T s) {
+  return (mx == RiNum<T>::inf()) ? mx : mx + RiNum<T>::lg(s);
+}
+
+// Sum of v over the block; every thread gets the same value (same order of the warp partials).
+// red: a __shared__ array of 32 words.
+template <typename T>
+__device__ __forceinline__ T ct_block_sum(T v, T* red) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  __syncthreads();                      // earlier readers of red are done
+  if (lane == 0) red[w] = v;
+  __syncthreads();
+  T r = (T)0;
+  for (int k = 0; k < nw; ++k) r += red[k];
+  return r;
+}
+
+// Block merge of online log-sum-exp states; every thread gets the merged state.
+template <typename T>
+__device__ __forceinline__ void ct_block_lse(T& mx, T& s, T* rm, T* rs) {
+  for (int off = 16; off > 0; off >>= 1) {
+    const T m2 = __shfl_xor_sync(0xffffffffu, mx, off);
+    const T s2 = __shfl_xor_sync(0xffffffffu, s, off);
+    ct_lse_merge(mx, s, m2, s2);
+  }
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  __syncthreads();
+  if (lane == 0) { rm[w] = mx; rs[w] = s; }
+  __syncthreads();
+  T M = -RiNum<T>::inf(), S = (T)0;
+  for (int k = 0; k < nw; ++k) ct_lse_merge(M, S, rm[k], rs[k]);
+  mx = M;
+  s = S;
+}
+
+template <typename T>
+__device__ __forceinline__ bool ct_isinf(T v) { return v == RiNum<T>::inf() || v == -RiNum<T>::inf(); }
+
+// g = df/dp of the kinds with a softmax chain (reverse_kl = 1, skewed_forward_kl = 2,
+// skewed_reverse_kl = 3, js = 4); the reference's _dfdp.
+template <typename T>
+__device__ __forceinline__ T ct_dfdp(int kind, T p, T lp, T q, T lq, T l) {
+  if (kind == 1) return lp - lq + (T)1;
+  if (kind == 2) { const T ms = l * q + ((T)1 - l) * p; return -((T)1 - l) * q / ms; }
+  if (kind == 3) {
+    const T ms = ((T)1 - l) * q + l * p;
+    return lp + (T)1 - RiNum<T>::lg(ms) - l * p / ms;
+  }
+  const T e = (T)1e-9, m = (p + q) / (T)2;
+  return (T)0.5 * (RiNum<T>::lg(p + e) + p / (p + e) - RiNum<T>::lg(m + e)
+                   - (p + q) / ((T)2 * (m + e)));
+}
+
+// Per-row KD divergence (sec. 3) and, with need_grad, dz = p (g - <p, g>) / tau.
+// kind: 0 forward_kl, 1 reverse_kl, 2 skewed_forward_kl, 3 skewed_reverse_kl, 4 js,
+// 5 adaptive_kl (wh, wt: the detached per-row weights of the fkl / rkl parts; else unread).
+// p = softmax(zs / tau), q = softmax(zt / tau / tea) (tea = 1 without use_tea_temp).
+// A vocabulary entry whose logit is infinite contributes 0 to the divergence (zs for
+// forward_kl and the fkl part, zs or zt for the others); the gradient is the reference's
+// closed form (defined for finite logits). dz is unread without need_grad.
+template <typename T>
+__device__ __forceinline__ void ct_kd_rows(const T* __restrict__ zs, const T* __restrict__ zt,
+                                           long long rows, int V, int kind, T tau, T tea, T skew,
+                                           const T* __restrict__ wh, const T* __restrict__ wt,
+                                           int need_grad, T* __restrict__ div, T* __restrict__ dz) {
+  __shared__ T red[32];
+  __shared__ T redm[32];
+  const T inf = RiNum<T>::inf();
+  const T l = skew;
+  for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* __restrict__ a = zs + r * (long long)V;
+    const T* __restrict__ b = zt + r * (long long)V;
+    T ms = -inf, ss = (T)0, mt = -inf, st = (T)0;
+    for (int v = threadIdx.x; v < V; v += blockDim.x) {
+      ct_lse_push(ms, ss, a[v] / tau);
+      ct_lse_push(mt, st, b[v] / tau / tea);
+    }
+    ct_block_lse(ms, ss, redm, red);
+    ct_block_lse(mt, st, redm, red);
+    const T ls = ct_lse(ms, ss), lt = ct_lse(mt, st);
+    T acc = (T)0, acc2 = (T)0, spg = (T)0;   // main sum, rkl sum (adaptive), sum p g
+    for (int v = threadIdx.x; v < V; v += blockDim.x) {
+      const T lp = a[v] / tau - ls, lq = b[v] / tau / tea - lt;
+      const T p = RiNum<T>::ex(lp), q = RiNum<T>::ex(lq);
+      const bool inf_s = ct_isinf(a[v]);
+      const bool both = inf_s || ct_isinf(b[v]);
+      if (kind == 0 || kind == 5) { if (!inf_s) acc += q * (lq - lp); }
+      if (kind == 1 || kind == 5) {
+        if (!both) { if (kind == 1) acc += p * (lp - lq); else acc2 += p * (lp - lq); }
+      } else if (kind == 2) {
+        if (!both) acc += q * (lq - RiNum<T>::lg(l * q + ((T)1 - l) * p));
+      } else if (kind == 3) {
+        if (!both) acc += p * (lp - RiNum<T>::lg(((T)1 - l) * q + l * p));
+      } else if (kind == 4) {
+        const T e = (T)1e-9, lm = RiNum<T>::lg((p + q) / (T)2 + e);
+        if (!both) acc += (T)0.5 * (q * (RiNum<T>::lg(q + e) - lm) + p * (RiNum<T>::lg(p + e) - lm));
+      }
+      if (need_grad && kind != 0) spg += p * ct_dfdp(kind == 5 ? 1 : kind, p, lp, q, lq, l);
+    }
+    acc = ct_block_sum(acc, red);
+    if (kind == 5) acc2 = ct_block_sum(acc2, red);
+    if (need_grad && kind != 0) spg = ct_block_sum(spg, red);
+    const T h = kind == 5 ? wh[r] : (T)0, t = kind == 5 ? wt[r] : (T)0;
+    if (threadIdx.x == 0) div[r] = kind == 5 ? h * acc + t * acc2 : acc;
+    if (need_grad) {
+      T* __restrict__ d = dz + r * (long long)V;
+      for (int v = threadIdx.x; v < V; v += blockDim.x) {
+        const T lp = a[v] / tau - ls, lq = b[v] / tau / tea - lt;
+        const T p = RiNum<T>::ex(lp), q = RiNum<T>::ex(lq);
+        T g;
+        if (kind == 0) g = (p - q) / tau;
+        else if (kind == 5) g = h * ((p - q) / tau) + t * (p * (ct_dfdp(1, p, lp, q, lq, l) - spg) / tau);
+        else g = p * (ct_dfdp(kind, p, lp, q, lq, l) - spg) / tau;
+        d[v] = g;
+      }
+    }
+  }
+}
+
+// Per-row statistic of p = softmax(z) (sec. 4): mode 0 the entropy -sum p log(p + 1e-9),
+// mode 1 the largest probability max_v p_v = exp(max z - lse).
+template <typename T>
+__device__ __forceinline__ void ct_row_stat(const T* __restrict__ z, long long rows, int V,
+                                            int mode, T* __restrict__ out) {
+  __shared__ T red[32];
+  __shared__ T redm[32];
+  const T inf = RiNum<T>::inf();
+  for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* __restrict__ a = z + r * (long long)V;
+    T mx = -inf, s = (T)0;
+    for (int v = threadIdx.x; v < V; v += blockDim.x) ct_lse_push(mx, s, a[v]);
+    ct_block_lse(mx, s, redm, red);
+    const T lse = ct_lse(mx, s);
+    if (mode == 1) {
+      if (threadIdx.x == 0) out[r] = RiNum<T>::ex(mx - lse);
+      continue;
+    }
+    T acc = (T)0;
+    for (int v = threadIdx.x; v < V; v += blockDim.x) {
+      const T p = RiNum<T>::ex(a[v] - lse);
+      acc += p * RiNum<T>::lg(p + (T)1e-9);
+    }
+    acc = ct_block_sum(acc, red);
+    if (threadIdx.x == 0) out[r] = -acc;
+  }
+}
+
+// TIS-DPO per token (sec. 10): p = softmax(z), q = softmax(zr); writes
+// a = log p(y) - log q(y), K = sum_v p (log p - log q), and both log-sum-exps.
+template <typename T>
+__device__ __forceinline__ void ct_tis_fwd(const T* __restrict__ z, const T* __restrict__ zr,
+                                           const long long* __restrict__ y, long long rows, int V,
+                                           T* __restrict__ a_out, T* __restrict__ k_out,
+                                           T* __restrict__ lsep, T* __restrict__ lseq) {
+  __shared__ T red[32];
+  __shared__ T redm[32];
+  const T inf = RiNum<T>::inf();
+  for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* __restrict__ a = z + r * (long long)V;
+    const T* __restrict__ b = zr + r * (long long)V;
+    T mp = -inf, sp = (T)0, mq = -inf, sq = (T)0;
+    for (int v = threadIdx.x; v < V; v += blockDim.x) {
+      ct_lse_push(mp, sp, a[v]);
+      ct_lse_push(mq, sq, b[v]);
+    }
+    ct_block_lse(mp, sp, redm, red);
+    ct_block_lse(mq, sq, redm, red);
+    const T lp0 = ct_lse(mp, sp), lq0 = ct_lse(mq, sq);
+    T acc = (T)0;
+    for (int v = threadIdx.x; v < V; v += blockDim.x) {
+      const T lp = a[v] - lp0, lq = b[v] - lq0;
+      acc += RiNum<T>::ex(lp) * (lp - lq);
+    }
+    acc = ct_block_sum(acc, red);
+    if (threadIdx.x == 0) {
+      const long long t = y[r];
+      a_out[r] = (a[t] - lp0) - (b[t] - lq0);
+      k_out[r] = acc;
+      lsep[r] = lp0;
+      lseq[r] = lq0;
+    }
+  }
+}
+
+// TIS-DPO gradient per token: dz = c [(e_y - p) - alpha p (log p - log q - K)]
+// (c = g_row omega m per token; the outputs of ct_tis_fwd supply lse and K).
+template <typename T>
+__device__ __forceinline__ void ct_tis_grad(const T* __restrict__ z, const T* __restrict__ zr,
+                                            const long long* __restrict__ y, long long rows, int V,
+                                            const T* __restrict__ lsep, const T* __restrict__ lseq,
+                                            const T* __restrict__ K, const T* __restrict__ c,
+                                            T alpha, T* __restrict__ dz) {
+  for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* __restrict__ a = z + r * (long long)V;
+    const T* __restrict__ b = zr + r * (long long)V;
+    T* __restrict__ d = dz + r * (long long)V;
+    const T lp0 = lsep[r], lq0 = lseq[r], k = K[r], cr = c[r];
+    const long long t = y[r];
+    for (int v = threadIdx.x; v < V; v += blockDim.x) {
+      const T lp = a[v] - lp0, lq = b[v] - lq0;
+      const T p = RiNum<T>::ex(lp);
+      const T onehot = (v == t) ? (T)1 : (T)0;
+      d[v] = cr * ((onehot - p) - alpha * (p * (lp - lq - k)));
+    }
+  }
+}
+
+// Segment sum (sec. 8): out[row, seg] += x[row, k] over seg >= 0 (float64 atomics, out and
+// cnt pre-zeroed; cnt counts the tokens when need_cnt). seg is (rows, K), or (K,) when
+// shared != 0. Threads grid-stride over the rows * K tokens.
+template <typename T>
+__device__ __forceinline__ void ct_span_sum(const T* __restrict__ x, const long long* __restrict__ seg,
+                                            long long rows, int K, int R, int shared,
+                                            int need_cnt, double* __restrict__ out,
+                                            double* __restrict__ cnt) {
+  const long long total = rows * (long long)K;
+  const long long stride = (long long)gridDim.x * blockDim.x;
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+    const long long row = i / K;
+    const long long s = seg[shared ? i % K : i];
+    if (s < 0) continue;
+    atomicAdd(out + row * R + s, (double)x[i]);
+    if (need_cnt) atomicAdd(cnt + row * R + s, 1.0);
+  }
+}
+"""
+
 
 @dataclass(frozen=True)
 class Template:
@@ -583,9 +835,27 @@ TEMPLATES = (
     Template("preference", "pref_grad_block", (
         ("T*", "G"), ("long long", "ld"), ("int", "rows"), ("int", "vb"),
         ("const long long*", "y"), ("long long", "j0"), ("const T*", "lse"), ("const T*", "c"))),
+    Template("cross_tokenizer", "ct_kd_rows", (
+        ("const T*", "zs"), ("const T*", "zt"), ("long long", "rows"), ("int", "V"),
+        ("int", "kind"), ("T", "tau"), ("T", "tea"), ("T", "skew"), ("const T*", "wh"),
+        ("const T*", "wt"), ("int", "need_grad"), ("T*", "div"), ("T*", "dz"))),
+    Template("cross_tokenizer", "ct_row_stat", (
+        ("const T*", "z"), ("long long", "rows"), ("int", "V"), ("int", "mode"), ("T*", "out"))),
+    Template("cross_tokenizer", "ct_tis_fwd", (
+        ("const T*", "z"), ("const T*", "zr"), ("const long long*", "y"), ("long long", "rows"),
+        ("int", "V"), ("T*", "a_out"), ("T*", "k_out"), ("T*", "lsep"), ("T*", "lseq"))),
+    Template("cross_tokenizer", "ct_tis_grad", (
+        ("const T*", "z"), ("const T*", "zr"), ("const long long*", "y"), ("long long", "rows"),
+        ("int", "V"), ("const T*", "lsep"), ("const T*", "lseq"), ("const T*", "K"),
+        ("const T*", "c"), ("T", "alpha"), ("T*", "dz"))),
+    Template("cross_tokenizer", "ct_span_sum", (
+        ("const T*", "x"), ("const long long*", "seg"), ("long long", "rows"), ("int", "K"),
+        ("int", "R"), ("int", "shared"), ("int", "need_cnt"), ("double*", "out"),
+        ("double*", "cnt"))),
 )
 
-_BODIES = {"softdtw": _SOFTDTW, "costs": _COSTS, "ot": _OT, "preference": _PREFERENCE}
+_BODIES = {"softdtw": _SOFTDTW, "costs": _COSTS, "ot": _OT, "preference": _PREFERENCE,
+           "cross_tokenizer": _CROSS_TOKENIZER}
 MODULES = tuple(_BODIES)
 
 

@@ -12,7 +12,8 @@ Arrays
     integer ``len_x``/``len_y`` of Soft-DTW may also be host arrays, since they are needed
     on the host to build the job table anyway. The preference ops take ``labels``/``mask``
     as CUDA arrays too and read them on the host once (validation and the compacted token
-    index, :mod:`.preference`).
+    index, :mod:`.preference`); the cross-tokenizer ops likewise read their masks, labels and
+    segment ids once (:mod:`.cross_tokenizer`).
 
 Stream
     Every kernel and copy goes to the CUDA *legacy default stream*, which is ordered after work
@@ -36,6 +37,10 @@ from __future__ import annotations
 import numpy as np
 
 from . import _kernels as K
+from .cross_tokenizer import (certainty_weights, cma_band_penalty, ctpd_loss,  # noqa: F401
+                              ctpd_loss_grad, dwa_dtw_loss, dwa_dtw_loss_grad, entropy_weights,
+                              kd_divergence, kd_divergence_grad, kd_gate, span_sum,
+                              span_weights, tis_dpo_loss, tis_dpo_loss_grad)
 from .ot import (EMDResult, SinkhornResult, emd, emd_grad, pairwise_cost, sinkhorn,  # noqa: F401
                  sinkhorn_cost, sinkhorn_cost_grad, sinkhorn_divergence, sinkhorn_log)
 from .preference import (dpo_loss, dpo_loss_grad, linear_dpo_loss,  # noqa: F401
@@ -52,6 +57,9 @@ __all__ = [
     "sinkhorn_cost_grad", "sinkhorn_divergence", "pairwise_cost", "emd", "emd_grad",
     "seq_logps", "dpo_loss", "dpo_loss_grad", "linear_dpo_loss", "linear_dpo_loss_grad",
     "logits_sam_dpo", "logits_sam_dpo_grad",
+    "kd_divergence", "kd_divergence_grad", "entropy_weights", "certainty_weights", "kd_gate",
+    "cma_band_penalty", "dwa_dtw_loss", "dwa_dtw_loss_grad", "span_sum", "span_weights",
+    "ctpd_loss", "ctpd_loss_grad", "tis_dpo_loss", "tis_dpo_loss_grad",
 ]
 
 NAME = "numba_cuda"

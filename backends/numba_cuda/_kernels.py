@@ -38,6 +38,16 @@ Preference family (``preference.md`` sec. 8; ``pref_*`` kernels, correctness fir
     the (R,) log-probs and its mean (one block). The rest are small gathers, scatters,
     segment sums, column sums, a Frobenius dot (atomic per block) and the SAM rescale.
 
+Cross-tokenizer family (``cross_tokenizer.md`` secs. 3-5, 8-10; ``ct_*`` kernels, correctness
+first): ``ct_kd`` is one block per logit row (online LSE of both softmaxes through
+``lse_push``/``lse_merge``, the divergence terms, ``<p, g>`` and ``dz``; adaptive_kl finds the
+sorted cumsum by a rank scan, O(V^2) per row); ``ct_rowstat``/``ct_rownorm`` the DWA-KD token
+weights and gate; ``ct_band`` the soft band (one block per row); ``ct_gather_rows``,
+``ct_gather_block``, ``ct_scatter_rows`` and ``ct_sum`` wrap the Soft-DTW divergence of
+``dwa_dtw_loss``; ``ct_span_sum`` (atomics), ``ct_span_scale``, ``ct_span_weights`` the CTPD
+spans; ``ct_ctpd_rows``/``ct_row_scale`` and ``ct_tis_tok``/``ct_tis_rows``/``ct_tis_grad``
+feed ``pref_dpo`` (the one DPO formula) and spread its gradient.
+
 Launches go to the CUDA *legacy default stream* (``cuda.default_stream()``), always.
 """
 
@@ -134,6 +144,28 @@ _SIGNATURES = {
     "pref_sam_scale": "void({T}[::1], {T}[::1], {T}[::1], {T}[::1], {T}, {T})",
     "pref_absmul": "void({T}[:, :], {T}[:, :])",
     "pref_cast": "void({U}[:], {T}[::1])",
+    # cross-tokenizer family (ct_*; backends/numba_cuda/cross_tokenizer.py)
+    "ct_kd": "void({T}[:, :], {T}[:, :], {T}[::1], {T}[:, ::1], {T}, {T}, {T}, {T}, int64, int64)",
+    "ct_rowstat": "void({T}[:, :, :], {T}[:, ::1], {T}[:, ::1], {T}, int64)",
+    "ct_rownorm": "void({T}[:, ::1], {T}[:, ::1], {T}[:, ::1])",
+    "ct_band": "void({T}[:, :, :], int64[::1], int64[::1], {T}[:, :, ::1], {T}, {T}, {T}, {T})",
+    "ct_gather_rows": "void({T}[:, :, :], int64[:, ::1], int64[::1], {T}[:, :, ::1])",
+    "ct_gather_block": "void({T}[:, :, :], int64[:, ::1], int64[:, ::1], int64[::1], int64[::1], "
+                       "{T}[:, :, ::1])",
+    "ct_scatter_rows": "void({T}[:, :, :], int64[:, ::1], int64[::1], {T}[:, :, ::1])",
+    "ct_sum": "void({T}[:], {T}[::1])",
+    "ct_span_sum": "void({T}[:, :], int64[:, ::1], {T}[:, ::1], {T}[:, ::1], int64)",
+    "ct_span_scale": "void({T}[:, ::1], {T}[:, ::1], {T}, int64)",
+    "ct_span_weights": "void({T}[:, :], {T}[:, :], {T}[:, ::1], {T}[:, ::1], {T}, {T}, {T}, {T}, "
+                       "int64)",
+    "ct_ctpd_rows": "void({T}[:, :], {T}[:, :], {T}[:, :], {T}[::1], {T}[::1])",
+    "ct_row_scale": "void({T}[::1], {T}[:, :], {T}[:, ::1])",
+    "ct_tis_tok": "void({T}[:, :, :], {T}[:, :, :], int64[:, ::1], {T}[:, :], {T}[:, ::1], "
+                  "{T}[:, ::1], {T}[:, ::1], {T}[:, ::1], {T}[:, :, ::1])",
+    "ct_tis_rows": "void({T}[:, ::1], {T}[:, ::1], {T}[:, ::1], {T}[::1], {T}[::1], {T}, {T}, "
+                   "int64)",
+    "ct_tis_grad": "void({T}[:, :, :], {T}[:, :, :], int64[:, ::1], {T}[:, ::1], {T}[:, :, ::1], "
+                   "{T}[:, ::1], {T}[::1], {T}[:, :, ::1], {T})",
 }
 
 DTYPES = ("float32", "float64")
@@ -1555,6 +1587,465 @@ def _build(dtype: str) -> dict:
         if k < dst.shape[0]:
             dst[k] = DT(src[k])
 
+    # ------------------------------------------------------------------ cross-tokenizer (ct_*)
+
+    EPS9 = DT(1e-9)            # refimpl._dwa_kd ENT_EPS = JS_EPS = ADAPTIVE_EPS
+    HALF = DT(0.5)
+    RINT_MAGIC = DT(2.0 ** 23) if dtype == "float32" else DT(2.0 ** 52)
+
+    @cuda.jit(device=True, inline="always")
+    def block_sum(red, t, nt, v):
+        """Sum of ``v`` over the ``nt`` threads of a block (a power of 2), returned to every
+        thread; ``red`` is free again on return. Every thread must call it."""
+        red[t] = v
+        cuda.syncthreads()
+        off = nt // 2
+        while off > 0:
+            if t < off:
+                red[t] += red[t + off]
+            cuda.syncthreads()
+            off //= 2
+        s = red[0]
+        cuda.syncthreads()
+        return s
+
+    @cuda.jit(device=True, inline="always")
+    def block_lse(rm, rs, t, nt, m, sm):
+        """Merge every thread's online ``(max, sum)`` pair; returns ``(max, log sum, sum)`` to
+        every thread (``(-inf, -inf, 0)`` for an all -inf row), so that ``log softmax(x) =
+        (x - max) - log sum`` as scipy forms it. Every thread must call it."""
+        rm[t] = m
+        rs[t] = sm
+        lse_merge(rm, rs, t, t, nt)
+        mx = rm[0]
+        s = rs[0]
+        cuda.syncthreads()
+        ls = NINF
+        if s > ZERO:
+            ls = math.log(s)
+        return mx, ls, s
+
+    @cuda.jit(device=True, inline="always")
+    def kd_term(kind, p, lp, q, lq, l):
+        """Per-entry term of divergence ``kind`` 0-4 (refimpl._dwa_kd._div_terms)."""
+        if kind == 0:
+            return q * (lq - lp)
+        if kind == 1:
+            return p * (lp - lq)
+        if kind == 2:
+            return q * (lq - math.log(l * q + (ONE - l) * p))
+        if kind == 3:
+            return p * (lp - math.log((ONE - l) * q + l * p))
+        m = (p + q) / TWO
+        lm = math.log(m + EPS9)
+        return HALF * (q * (math.log(q + EPS9) - lm) + p * (math.log(p + EPS9) - lm))
+
+    @cuda.jit(device=True, inline="always")
+    def kd_g(kind, p, lp, q, lq, l):
+        """``g = df/dp`` of kinds 1-4 (refimpl._dwa_kd._dfdp)."""
+        if kind == 1:
+            return lp - lq + ONE
+        if kind == 2:
+            ms = l * q + (ONE - l) * p
+            return -(ONE - l) * q / ms
+        if kind == 3:
+            ms = (ONE - l) * q + l * p
+            return lp + ONE - math.log(ms) - l * p / ms
+        m = (p + q) / TWO
+        return HALF * (math.log(p + EPS9) + p / (p + EPS9) - math.log(m + EPS9)
+                       - (p + q) / (TWO * (m + EPS9)))
+
+    def ct_kd(zs, zt, div, dz, tau, tt, skew, alpha, kind, need_grad):
+        """Per-row KD divergence (and its gradient w.r.t. z_s), one block per row of (rows, V):
+        ``p = softmax(z_s / tau)``, ``q = softmax(z_t / tau / tt)`` from online (max, sum)
+        pairs; kind 0 fkl, 1 rkl, 2 skewed fkl, 3 skewed rkl, 4 js, 5 adaptive. An entry whose
+        scaled logit is infinite adds 0 (student's for fkl, either for the others). Adaptive:
+        the stable-ascending-sort cumsum of q at entry v is ``q_v + sum q_w`` over the w
+        before v in (q, index) order, found by a rank scan (O(V^2) per row, no sort, no cap).
+        Gradient (``need_grad``): ``dz = p (g - <p, g>) / tau``, fkl ``(p - q) / tau``."""
+        rm = cuda.shared.array(MAXT, dtype=NB)
+        rs = cuda.shared.array(MAXT, dtype=NB)
+        red = cuda.shared.array(MAXT, dtype=NB)
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        i = cuda.blockIdx.x
+        nv = zs.shape[1]
+        m1 = NINF
+        s1 = ZERO
+        m2 = NINF
+        s2 = ZERO
+        for v in range(t, nv, nt):
+            m1, s1 = lse_push(m1, s1, zs[i, v] / tau)
+            m2, s2 = lse_push(m2, s2, zt[i, v] / tau / tt)
+        mxs, lss, _ = block_lse(rm, rs, t, nt, m1, s1)
+        mxt, lst, _ = block_lse(rm, rs, t, nt, m2, s2)
+        wh = ZERO
+        wt = ZERO
+        if kind == 5:
+            gh = ZERO
+            gl = ZERO
+            for v in range(t, nv, nt):
+                qv = math.exp((zt[i, v] / tau / tt - mxt) - lst)
+                pv = math.exp((zs[i, v] / tau - mxs) - lss)
+                c = qv
+                for w in range(nv):
+                    qw = math.exp((zt[i, w] / tau / tt - mxt) - lst)
+                    if qw < qv or (qw == qv and w < v):
+                        c += qw
+                if c <= alpha:
+                    gl += abs(qv - pv)
+                else:
+                    gh += abs(qv - pv)
+            gh = block_sum(red, t, nt, gh)
+            gl = block_sum(red, t, nt, gl)
+            den = max(gh + gl, EPS9)
+            wh = gh / den
+            wt = gl / den
+        acc = ZERO
+        acc2 = ZERO
+        pgs = ZERO
+        for v in range(t, nv, nt):
+            xs = zs[i, v] / tau
+            xt = zt[i, v] / tau / tt
+            lp = (xs - mxs) - lss
+            lq = (xt - mxt) - lst
+            p = math.exp(lp)
+            q = math.exp(lq)
+            inf_s = math.isinf(xs)
+            both = inf_s or math.isinf(xt)
+            if kind == 0:
+                if not inf_s:
+                    acc += kd_term(0, p, lp, q, lq, skew)
+            elif kind == 5:
+                if not inf_s:
+                    acc += kd_term(0, p, lp, q, lq, skew)
+                if not both:
+                    acc2 += kd_term(1, p, lp, q, lq, skew)
+                if need_grad != 0:
+                    pgs += p * kd_g(1, p, lp, q, lq, skew)
+            else:
+                if not both:
+                    acc += kd_term(kind, p, lp, q, lq, skew)
+                if need_grad != 0:
+                    pgs += p * kd_g(kind, p, lp, q, lq, skew)
+        acc = block_sum(red, t, nt, acc)
+        if kind == 5:
+            acc2 = block_sum(red, t, nt, acc2)
+        if t == 0:
+            if kind == 5:
+                div[i] = wh * acc + wt * acc2
+            else:
+                div[i] = acc
+        if need_grad != 0:
+            sg = block_sum(red, t, nt, pgs)
+            for v in range(t, nv, nt):
+                lp = (zs[i, v] / tau - mxs) - lss
+                lq = (zt[i, v] / tau / tt - mxt) - lst
+                p = math.exp(lp)
+                q = math.exp(lq)
+                if kind == 0:
+                    d = (p - q) / tau
+                elif kind == 5:
+                    d = (wh * ((p - q) / tau)
+                         + wt * (p * (kd_g(1, p, lp, q, lq, skew) - sg) / tau))
+                else:
+                    d = p * (kd_g(kind, p, lp, q, lq, skew) - sg) / tau
+                dz[i, v] = d
+
+    def ct_rowstat(z, mu, out, c1, mode):
+        """Per position (n, b) of logits (B, N, V), one block: softmax at tau = 1, then
+        mode 0 entropy ``-sum p log(p + 1e-9)``; 1 certainty ``clip(1 - H / c1, 0, 1)``
+        (c1 = log V + 1e-9); 2 gate ``max p * c1 * mu`` (c1 = the warm-up ramp)."""
+        rm = cuda.shared.array(MAXT, dtype=NB)
+        rs = cuda.shared.array(MAXT, dtype=NB)
+        red = cuda.shared.array(MAXT, dtype=NB)
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        n = cuda.blockIdx.x
+        b = cuda.blockIdx.y
+        nv = z.shape[2]
+        m1 = NINF
+        s1 = ZERO
+        for v in range(t, nv, nt):
+            m1, s1 = lse_push(m1, s1, z[b, n, v])
+        mx, _, sm = block_lse(rm, rs, t, nt, m1, s1)
+        if mode == 2:
+            if t == 0:
+                out[b, n] = (ONE / sm) * c1 * mu[b, n]
+            return
+        h = ZERO
+        for v in range(t, nv, nt):
+            p = math.exp(z[b, n, v] - mx) / sm
+            h += p * math.log(p + EPS9)
+        h = -block_sum(red, t, nt, h)
+        if t == 0:
+            if mode == 0:
+                out[b, n] = h
+            else:
+                out[b, n] = min(max(ONE - h / c1, ZERO), ONE)
+
+    def ct_rownorm(stat, mu, out):
+        """``out = n_row w / (sum w + 1e-9)``, ``w = stat mu``, ``n_row = max(sum mu, 1)``;
+        one block per row b."""
+        red = cuda.shared.array(MAXT, dtype=NB)
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        b = cuda.blockIdx.x
+        nn = stat.shape[1]
+        sw = ZERO
+        sc = ZERO
+        for n in range(t, nn, nt):
+            sw += stat[b, n] * mu[b, n]
+            sc += mu[b, n]
+        sw = block_sum(red, t, nt, sw)
+        sc = block_sum(red, t, nt, sc)
+        f = max(sc, ONE) / (sw + EPS9)
+        for n in range(t, nn, nt):
+            out[b, n] = stat[b, n] * mu[b, n] * f
+
+    def ct_band(A, ln, lm, P, alpha, w0, kappa, rho):
+        """Soft band of block b, row i (one block each): ``Ab = (A + 1e-9) / (sum_j A + 1e-9)``
+        over j < m_b, ``h = -sum Ab log Ab``, ``c = alpha sum j Ab + (1 - alpha) i m / n``,
+        ``P = rho 1[|j - c| > w0 + kappa h]``; 0 outside the (n_b, m_b) block."""
+        red = cuda.shared.array(MAXT, dtype=NB)
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        i = cuda.blockIdx.x
+        b = cuda.blockIdx.y
+        n = ln[b]
+        m = lm[b]
+        mm = P.shape[2]
+        if i >= n:
+            for j in range(t, mm, nt):
+                P[b, i, j] = ZERO
+            return
+        s = ZERO
+        for j in range(t, m, nt):
+            s += A[b, i, j]
+        den = block_sum(red, t, nt, s) + EPS9
+        h = ZERO
+        cj = ZERO
+        for j in range(t, m, nt):
+            ab = (A[b, i, j] + EPS9) / den
+            h += ab * math.log(ab)
+            cj += ab * DT(j)
+        h = -block_sum(red, t, nt, h)
+        cj = block_sum(red, t, nt, cj)
+        centre = alpha * cj + (ONE - alpha) * DT(i) * (DT(m) / DT(n))
+        width = w0 + kappa * h
+        for j in range(t, mm, nt):
+            v = ZERO
+            if j < m and abs(DT(j) - centre) > width:
+                v = rho
+            P[b, i, j] = v
+
+    def ct_gather_rows(X, idx, lens, out):
+        """``out[b, k] = X[b, idx[b, k]]`` for k < lens[b], else 0; block (k, b), threads over d."""
+        k = cuda.blockIdx.x
+        b = cuda.blockIdx.y
+        for c in range(cuda.threadIdx.x, out.shape[2], cuda.blockDim.x):
+            v = ZERO
+            if k < lens[b]:
+                v = X[b, idx[b, k], c]
+            out[b, k, c] = v
+
+    def ct_gather_block(A, ix, jx, ln, lm, out):
+        """``out[b, i, j] = A[b, ix[b, i], jx[b, j]]`` inside the (ln[b], lm[b]) block, else 0."""
+        i = cuda.blockIdx.x
+        b = cuda.blockIdx.y
+        for j in range(cuda.threadIdx.x, out.shape[2], cuda.blockDim.x):
+            v = ZERO
+            if i < ln[b] and j < lm[b]:
+                v = A[b, ix[b, i], jx[b, j]]
+            out[b, i, j] = v
+
+    def ct_scatter_rows(G, idx, lens, out):
+        """Inverse of ct_gather_rows: ``out[b, idx[b, k]] = G[b, k]`` for k < lens[b]."""
+        k = cuda.blockIdx.x
+        b = cuda.blockIdx.y
+        if k < lens[b]:
+            r = idx[b, k]
+            for c in range(cuda.threadIdx.x, out.shape[2], cuda.blockDim.x):
+                out[b, r, c] = G[b, k, c]
+
+    def ct_sum(x, out):
+        """``out[0] = sum x`` (one block, shared-memory tree; blockDim a power of 2)."""
+        red = cuda.shared.array(MAXT, dtype=NB)
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        acc = ZERO
+        for k in range(t, x.shape[0], nt):
+            acc += x[k]
+        acc = block_sum(red, t, nt, acc)
+        if t == 0:
+            out[0] = acc
+
+    def ct_span_sum(x, seg, out, cnt, need_cnt):
+        """Segment sums by atomics: ``out[r, seg[r, k]] += x[r, k]`` (and ``cnt += 1``), seg -1
+        skipped; a (1, K) seg is shared by every row. 2-D grid: rows on x, token blocks on y."""
+        k = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+        r = cuda.blockIdx.x
+        if k >= x.shape[1]:
+            return
+        rs_ = r if seg.shape[0] > 1 else 0
+        s = seg[rs_, k]
+        if s >= 0:
+            cuda.atomic.add(out, (r, s), x[r, k])
+            if need_cnt != 0:
+                cuda.atomic.add(cnt, (r, s), ONE)
+
+    def ct_span_scale(out, cnt, inv_width, mode):
+        """In place: mode 1 ``out / count`` (0 for an empty span), mode 2 ``out * inv_width``."""
+        j = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+        r = cuda.blockIdx.x
+        if j >= out.shape[1]:
+            return
+        if mode == 1:
+            c = cnt[r, j]
+            f = ZERO
+            if c > ZERO:
+                f = ONE / c
+            out[r, j] = out[r, j] * f
+        else:
+            out[r, j] = out[r, j] * inv_width
+
+    def ct_span_weights(pos, neg, mu, out, k, lo, hi, scale, rnd):
+        """``w = k exp(mu clip(pos - neg, lo, hi))``; with rnd, ``rint(w scale) / scale``
+        (round half to even, as numpy.round); ``mu`` (rows or 1, cols or 1) broadcasts."""
+        j = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+        r = cuda.blockIdx.x
+        if j >= out.shape[1]:
+            return
+        d = min(max(pos[r, j] - neg[r, j], lo), hi)
+        m = mu[r if mu.shape[0] > 1 else 0, j if mu.shape[1] > 1 else 0]
+        w = k * math.exp(m * d)
+        if rnd != 0:
+            y = w * scale
+            ay = abs(y)
+            if ay < RINT_MAGIC:      # ties to even by the FPU's rounding of ay + 2^(p-1)
+                ry = (ay + RINT_MAGIC) - RINT_MAGIC
+                if y < ZERO:
+                    ry = -ry
+                y = ry
+            w = y / scale
+        out[r, j] = w
+
+    def ct_ctpd_rows(ellS, ellT, w, logp, ref):
+        """``logp_i = sum_r w ellS``, ``ref_i = sum_r w ellT`` (one block per row)."""
+        red = cuda.shared.array(MAXT, dtype=NB)
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        i = cuda.blockIdx.x
+        a = ZERO
+        c = ZERO
+        for r in range(t, ellS.shape[1], nt):
+            a += w[i, r] * ellS[i, r]
+            c += w[i, r] * ellT[i, r]
+        a = block_sum(red, t, nt, a)
+        c = block_sum(red, t, nt, c)
+        if t == 0:
+            logp[i] = a
+            ref[i] = c
+
+    def ct_row_scale(dl, w, out):
+        """``out[i, r] = dl[i] w[i, r]`` (the CTPD gradient)."""
+        j = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+        i = cuda.blockIdx.x
+        if j < out.shape[1]:
+            out[i, j] = dl[i] * w[i, j]
+
+    def ct_tis_tok(z, zr, y, wts, m, a, kt, om, st):
+        """Per token (t, r), one block: ``om = weights m``; where m = 1, ``a = log p(y) -
+        log q(y)``, ``kt = sum p (log p - log q)`` and the softmax statistics
+        ``st = (max_p, log sum_p, max_q, log sum_q)`` for the gradient (0 where m = 0)."""
+        rm = cuda.shared.array(MAXT, dtype=NB)
+        rs = cuda.shared.array(MAXT, dtype=NB)
+        red = cuda.shared.array(MAXT, dtype=NB)
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        tk = cuda.blockIdx.x
+        r = cuda.blockIdx.y
+        nv = z.shape[2]
+        if m[r, tk] == ZERO:        # uniform over the block
+            if t == 0:
+                om[r, tk] = wts[r, tk] * m[r, tk]
+                a[r, tk] = ZERO
+                kt[r, tk] = ZERO
+                for c in range(4):
+                    st[r, tk, c] = ZERO
+            return
+        m1 = NINF
+        s1 = ZERO
+        m2 = NINF
+        s2 = ZERO
+        for v in range(t, nv, nt):
+            m1, s1 = lse_push(m1, s1, z[r, tk, v])
+            m2, s2 = lse_push(m2, s2, zr[r, tk, v])
+        mxp, lsp, _ = block_lse(rm, rs, t, nt, m1, s1)
+        mxq, lsq, _ = block_lse(rm, rs, t, nt, m2, s2)
+        acc = ZERO
+        for v in range(t, nv, nt):
+            lp = (z[r, tk, v] - mxp) - lsp
+            lq = (zr[r, tk, v] - mxq) - lsq
+            acc += math.exp(lp) * (lp - lq)
+        acc = block_sum(red, t, nt, acc)
+        if t == 0:
+            yv = y[r, tk]
+            a[r, tk] = ((z[r, tk, yv] - mxp) - lsp) - ((zr[r, tk, yv] - mxq) - lsq)
+            kt[r, tk] = acc
+            om[r, tk] = wts[r, tk] * m[r, tk]
+            st[r, tk, 0] = mxp
+            st[r, tk, 1] = lsp
+            st[r, tk, 2] = mxq
+            st[r, tk, 3] = lsq
+
+    def ct_tis_rows(a, kt, om, logp, rew, aeff, beta, token_level):
+        """Per row (one block): ``u = sum om a``, ``Kr = sum om kt``; ``logp = u - aeff Kr``
+        (the DPO input), rewards ``beta (u - Kr)`` (token_level) or ``beta u``."""
+        red = cuda.shared.array(MAXT, dtype=NB)
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        r = cuda.blockIdx.x
+        u = ZERO
+        kr = ZERO
+        for k in range(t, a.shape[1], nt):
+            u += om[r, k] * a[r, k]
+            kr += om[r, k] * kt[r, k]
+        u = block_sum(red, t, nt, u)
+        kr = block_sum(red, t, nt, kr)
+        if t == 0:
+            logp[r] = u - aeff * kr
+            if token_level != 0:
+                rew[r] = beta * (u - kr)
+            else:
+                rew[r] = beta * u
+
+    def ct_tis_grad(z, zr, y, om, st, kt, dlogp, dz, aeff):
+        """``dz = (g_r om) [(e_y - p) - aeff p (log p - log q - kt)]`` per token (t, r), one
+        block, threads over the vocabulary; 0 where om = 0."""
+        tk = cuda.blockIdx.x
+        r = cuda.blockIdx.y
+        nv = z.shape[2]
+        c = dlogp[r] * om[r, tk]
+        if om[r, tk] == ZERO:
+            for v in range(cuda.threadIdx.x, nv, cuda.blockDim.x):
+                dz[r, tk, v] = ZERO
+            return
+        mxp = st[r, tk, 0]
+        lsp = st[r, tk, 1]
+        mxq = st[r, tk, 2]
+        lsq = st[r, tk, 3]
+        k = kt[r, tk]
+        yv = y[r, tk]
+        for v in range(cuda.threadIdx.x, nv, cuda.blockDim.x):
+            lp = (z[r, tk, v] - mxp) - lsp
+            lq = (zr[r, tk, v] - mxq) - lsq
+            p = math.exp(lp)
+            e = ZERO
+            if v == yv:
+                e = ONE
+            dz[r, tk, v] = c * ((e - p) - aeff * (p * (lp - lq - k)))
+
     return {
         "__tile__": TS,
         "fill1d": fill1d,
@@ -1595,4 +2086,20 @@ def _build(dtype: str) -> dict:
         "pref_sam_scale": pref_sam_scale,
         "pref_absmul": pref_absmul,
         "pref_cast": pref_cast,
+        "ct_kd": ct_kd,
+        "ct_rowstat": ct_rowstat,
+        "ct_rownorm": ct_rownorm,
+        "ct_band": ct_band,
+        "ct_gather_rows": ct_gather_rows,
+        "ct_gather_block": ct_gather_block,
+        "ct_scatter_rows": ct_scatter_rows,
+        "ct_sum": ct_sum,
+        "ct_span_sum": ct_span_sum,
+        "ct_span_scale": ct_span_scale,
+        "ct_span_weights": ct_span_weights,
+        "ct_ctpd_rows": ct_ctpd_rows,
+        "ct_row_scale": ct_row_scale,
+        "ct_tis_tok": ct_tis_tok,
+        "ct_tis_rows": ct_tis_rows,
+        "ct_tis_grad": ct_tis_grad,
     }

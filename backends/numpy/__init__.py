@@ -5,6 +5,11 @@ import platform
 
 import numpy as np
 
+from refimpl.cross_tokenizer import (  # noqa: F401
+    certainty_weights, cma_align, cma_band_penalty, ctpd_loss, ctpd_loss_grad, dwa_dtw_loss,
+    dwa_dtw_loss_grad, dwa_gamma, dwa_kd_loss, entropy_weights, kd_divergence, kd_divergence_grad,
+    kd_gate, span_align, span_sum, span_weights, tis_dpo_loss, tis_dpo_loss_grad,
+)
 from refimpl.ot import (emd, emd_grad, pairwise_cost, sinkhorn, sinkhorn_cost,  # noqa: F401
                         sinkhorn_cost_grad, sinkhorn_divergence, sinkhorn_log)
 from refimpl.preference import (dpo_loss, dpo_loss_grad, linear_dpo_loss,  # noqa: F401

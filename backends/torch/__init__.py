@@ -126,6 +126,11 @@ def autograd_vjp(fn, kwargs: dict, wrt, cotangent) -> dict:
 
 
 # The op modules import the helpers above from this (then partially initialised) package.
+from backends.torch.cross_tokenizer import (  # noqa: E402
+    certainty_weights, cma_align, cma_band_penalty, ctpd_loss, ctpd_loss_grad, dwa_dtw_loss,
+    dwa_dtw_loss_grad, dwa_gamma, dwa_kd_loss, entropy_weights, kd_divergence,
+    kd_divergence_grad, kd_gate, span_sum, span_weights, tis_dpo_loss, tis_dpo_loss_grad,
+)
 from backends.torch.ot import (  # noqa: E402
     emd, emd_grad, pairwise_cost, sinkhorn, sinkhorn_cost, sinkhorn_cost_grad,
     sinkhorn_divergence, sinkhorn_log,
@@ -148,4 +153,8 @@ __all__ = [
     "pairwise_cost", "emd", "emd_grad",
     "seq_logps", "dpo_loss", "dpo_loss_grad", "linear_dpo_loss", "linear_dpo_loss_grad",
     "logits_sam_dpo", "logits_sam_dpo_grad",
+    "kd_divergence", "kd_divergence_grad", "entropy_weights", "certainty_weights", "kd_gate",
+    "cma_align", "cma_band_penalty", "dwa_gamma", "dwa_dtw_loss", "dwa_dtw_loss_grad",
+    "dwa_kd_loss", "span_sum", "span_weights", "ctpd_loss", "ctpd_loss_grad", "tis_dpo_loss",
+    "tis_dpo_loss_grad",
 ]

@@ -1,0 +1,46 @@
+"""Shared pieces of the Numba-CUDA backend tests (simulator and real device)."""
+
+import numpy as np
+import pytest
+
+import backends
+
+SIM = backends.simulator()
+ON_GPU = (not SIM) and backends.reason("numba_cuda") is None
+sim_only = pytest.mark.skipif(
+    not SIM, reason="Numba CUDA simulator tests: run with NUMBA_ENABLE_CUDASIM=1")
+GPU_REASON = ("needs a real CUDA device for numba-cuda: "
+              + ("NUMBA_ENABLE_CUDASIM=1 is set" if SIM else str(backends.reason("numba_cuda"))))
+
+
+def rng_for(seed):
+    return np.random.default_rng(20261122 + seed)
+
+
+@pytest.fixture(scope="module")
+def nb():
+    """The backend in the simulator (the backend shortens the thread switch interval itself)."""
+    if not SIM:
+        pytest.skip("Numba CUDA simulator tests: run with NUMBA_ENABLE_CUDASIM=1")
+    return backends.get("numba_cuda")
+
+
+def to_dev(bk, a, dtype=None):
+    """A NumPy array on the backend, float arrays cast to ``dtype`` when given."""
+    a = np.asarray(a)
+    return bk.asarray(a.astype(dtype) if dtype and a.dtype.kind == "f" else a)
+
+
+def to_host(bk, x):
+    """A backend array as float64 NumPy (None stays None)."""
+    return None if x is None else np.asarray(bk.to_numpy(x), dtype=np.float64)
+
+
+def conforms(got, declared) -> bool:
+    """Whether a launch argument's Numba type fits the kernel's declared signature type."""
+    from numba.core import types
+
+    if isinstance(declared, types.Array):
+        return (isinstance(got, types.Array) and got.dtype == declared.dtype
+                and got.ndim == declared.ndim and declared.layout in ("A", got.layout))
+    return got == declared
