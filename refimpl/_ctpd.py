@@ -19,7 +19,8 @@ B + i rejected of pair i), labels already shifted, loss = mean over pairs, as in
    the teacher's (a'_l, b'_l). Tokens without offset (``None``; the appended EOS) get
    segment id -1, as does every token the rule leaves unassigned.
 
-   ``rule="official"`` (default) reproduces ``find_parent_token`` literally::
+   ``rule="official"`` reproduces ``find_parent_token`` literally (a flag: its quirks below
+   make ``"ends"`` the default)::
 
        n = max(b_K, b'_L);  cnt[p] = #{student and teacher tokens starting at p};  cnt[n] = 2
        P = [0] + [b_k for k in student order if cnt[b_k] == 2];  span r = (P_{r-1}, P_r)
@@ -39,7 +40,7 @@ B + i rejected of pair i), labels already shifted, loss = mean over pairs, as in
    but is re-emptied (tokens already filed under it are lost); (iv) an empty offset list
    raises in the code (``[-1]`` of an empty list): here zero spans and all -1.
 
-   ``rule="ends"`` (ours): boundaries ``{0} u (ends(S) n ends(T)) u {n}``; token k belongs to
+   ``rule="ends"`` (ours, **default**): boundaries ``{0} u (ends(S) n ends(T)) u {n}``; token k belongs to
    the span r with ``P_{r-1} < b_k <= P_r`` (a zero-width token at 0 to the first span).
    Only ends are read, so gaps, duplicated pieces and one-character overlaps are harmless,
    and it equals the official rule on contiguous positive-width offsets.
@@ -166,13 +167,14 @@ def _ends(off_s, off_t):
     return spans, segment(off_s), segment(off_t)
 
 
-def span_align(offsets_s, offsets_t, *, rule="official", normalize_offsets=False):
+def span_align(offsets_s, offsets_t, *, rule="ends", normalize_offsets=False):
     """Aligned spans of two tokenisations of one response: ``(spans (R, 2), seg_s (K,),
     seg_t (L,))``, int64, ``seg`` in ``[0, R)`` or -1 (no offset / unassigned).
 
     ``offsets_*``: per token a ``(start, end)`` character pair, or ``None`` for a token without
-    offset (the appended EOS). ``rule="official"`` reproduces ``find_parent_token`` with its
-    quirks; ``"ends"`` uses common token ends (module docstring, item 1)."""
+    offset (the appended EOS). ``rule="ends"`` (default) uses the common token ends;
+    ``"official"`` reproduces ``find_parent_token`` with its quirks (module docstring, item 1);
+    the two agree on contiguous offsets."""
     rule = V.choice(rule, "rule", V.SPAN_RULES)
     off_s = V.span_offsets(offsets_s, "offsets_s")
     off_t = V.span_offsets(offsets_t, "offsets_t")

@@ -14,6 +14,14 @@
   ``LigerFusedLinearDPOLoss`` (``liger``: NLL off, summed log-probs, reference log-probs
   precomputed, i.e. ``use_ref_model=False``). CPU size B = 4, T = 128, d = 256, V = 8192
   fp32; GPU size B = 8, T = 1024, d = 4096, V = 128,256 bf16.
+- DWA-KD's entropy-weighted KD term, forward + backward (issue 4): ``L = sum_i w_i Div(z_s,i,
+  z_t,i)`` with ``w = entropy_weights(z_s, mask)`` (detached) and the skewed reverse KL at
+  tau = 2 — ours ``entropy_weights`` + ``kd_divergence_grad`` (fused row kernels on
+  cupy/numba_cuda, a row-blocked custom autograd function on torch) vs plain torch autograd
+  (``torch-plain``: log-softmaxes, mixture, sums, ``backward``). CPU (B, N, V) = (4, 16, 8192)
+  fp32; GPU (8, 512, 50257) fp32 (GPT-2's vocabulary). Span aggregation needs no peer class:
+  the torch backend's ``span_sum`` is plain torch (``index_add_``), so the registry's
+  ``SpanSumGPU`` compares the CuPy/Numba kernels with it.
 
 Peers are test/bench-only dependencies; a missing one is skipped with the reason.
 """
@@ -31,7 +39,9 @@ SIZES = {
     "softdtw": {"cpu": [(8, 64)], "gpu": [(64, 512), (64, 2048)]},
     "sinkhorn": {"cpu": [500], "gpu": [10_000]},
     "dpo": {"cpu": [(4, 128, 256, 8192)], "gpu": [(8, 1024, 4096, 128256)]},
+    "kd": {"cpu": [(4, 16, 8192)], "gpu": [(8, 512, 50257)]},
 }
+KD = dict(kind="skewed_reverse_kl", tau=2.0)
 DPO_CHUNKS = {"cpu": dict(vocab_chunk=2048), "gpu": dict(token_chunk=8192, vocab_chunk=8192)}
 BETA, RHO = 0.1, 1e-3
 OURS = {"cpu": ["numpy", "torch"], "gpu": ["torch", "cupy", "numba_cuda"]}
@@ -63,7 +73,7 @@ def _peer_module(name):
             import pysdtw as mod
         elif name == "liger":
             from liger_kernel import chunked_loss as mod
-        elif name == "torch-materialised":
+        elif name in ("torch-materialised", "torch-plain"):
             import torch as mod
         else:
             import ot as mod
@@ -254,17 +264,68 @@ class DpoHeadFull(_Peers):
         return call
 
 
+def _kd_inputs(rng, size):
+    B, N, V = size
+    z_s = (2 * rng.normal(size=(B, N, V))).astype(np.float32)
+    z_t = (2 * rng.normal(size=(B, N, V))).astype(np.float32)
+    return z_s, z_t, np.ones((B, N), dtype=bool)
+
+
+class KdWeightedFull(_Peers):
+    family = "kd"
+    peers = ("torch-plain",)
+
+    def make_ours(self, bk, size, dtype, rng):
+        z_s, z_t, mask = (H.to_backend(bk, x, dtype) for x in _kd_inputs(rng, size))
+
+        def call():
+            w = bk.entropy_weights(z_s, mask)
+            div, dz = bk.kd_divergence_grad(z_s, z_t, **KD)
+            out = (w * div).sum(), w[..., None] * dz
+            bk.synchronize()
+            return out
+
+        return call
+
+    def make_peer(self, impl, size, dtype, rng):
+        torch = _peer_module(impl)
+        dev = _torch_device(self.where)
+        z_s, z_t, mask = (torch.as_tensor(x, device=dev) for x in _kd_inputs(rng, size))
+        z_s = z_s.to(getattr(torch, dtype)).requires_grad_()
+        z_t = z_t.to(getattr(torch, dtype))
+        lam, tau = 0.1, KD["tau"]
+
+        def call():
+            z_s.grad = None
+            zs = z_s.float()
+            with torch.no_grad():                     # entropy weights: tau = 1, detached
+                p1 = torch.softmax(zs, -1)
+                ent = -(p1 * torch.log(p1 + 1e-9)).sum(-1) * mask
+                w = mask.sum(-1, keepdim=True) * ent / (ent.sum(-1, keepdim=True) + 1e-9)
+            lp = torch.log_softmax(zs / tau, -1)
+            lq = torch.log_softmax(z_t.float() / tau, -1)
+            p = lp.exp()
+            mix = torch.log((1 - lam) * lq.exp() + lam * p)
+            ((w * (p * (lp - mix)).sum(-1)).sum()).backward()
+            _sync_torch(self.where)
+
+        return call
+
+
 def _variant(base, where):
     """A concrete class for one device kind: params (implementation, size, dtype)."""
-    dtypes = {"dpo": {"cpu": ["float32"], "gpu": ["bfloat16"]}}.get(
+    dtypes = {"dpo": {"cpu": ["float32"], "gpu": ["bfloat16"]},
+              "kd": {"cpu": ["float32"], "gpu": ["float32"]}}.get(
         base.family, {"cpu": ["float64"], "gpu": ["float32"]})[where]
     ours = OURS[where]
-    if base.family == "dpo":  # the NumPy reference is timed by the registry's classes
+    if base.family in ("dpo", "kd"):  # float32/bf16 only: the registry's classes time NumPy
         ours = [n for n in ours if n != "numpy"]
+    if base.family == "dpo":
         ours = ours + [f"{n}-logits-sam" for n in ours]
     attrs = dict(where=where, params=[ours + list(base.peers), SIZES[base.family][where], dtypes],
                  param_names=["impl", "size", "dtype"])
-    name = {"softdtw": "soft_dtw_points", "sinkhorn": "sinkhorn_log", "dpo": "dpo_head"}[base.family]
+    name = {"softdtw": "soft_dtw_points", "sinkhorn": "sinkhorn_log", "dpo": "dpo_head",
+            "kd": "entropy_weighted_kd"}[base.family]
     full = base.family != "sinkhorn"  # Soft-DTW and DPO forward+backward, Sinkhorn forward
     attrs[f"time_full_{name}" if full else f"time_{name}_{ITERS}it"] = _Peers.run
     if where == "gpu":
@@ -290,4 +351,6 @@ SinkhornLogPeerCPU = _variant(SinkhornLogPeer, "cpu")
 SinkhornLogPeerGPU = _variant(SinkhornLogPeer, "gpu")
 DpoHeadFullCPU = _variant(DpoHeadFull, "cpu")
 DpoHeadFullGPU = _variant(DpoHeadFull, "gpu")
-del SoftDtwPointsFull, SinkhornLogPeer, DpoHeadFull  # only the concrete variants are benchmarks
+KdWeightedFullCPU = _variant(KdWeightedFull, "cpu")
+KdWeightedFullGPU = _variant(KdWeightedFull, "gpu")
+del SoftDtwPointsFull, SinkhornLogPeer, DpoHeadFull, KdWeightedFull  # only the concrete variants

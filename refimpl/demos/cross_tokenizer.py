@@ -505,11 +505,14 @@ def run(outdir: pathlib.Path) -> dict:
     n = len(SHOWN)
 
     # 1. aligned spans of the shown sentence
-    off_s, off_t, spans, seg_s, seg_t = aligned(SHOWN, tok["student"], tok["teacher"], ct)
-    off_w, _, spans_off, _, _ = aligned(SHOWN, tok["whitespace"], tok["teacher"], ct)
+    off_s, off_t, spans, seg_s, seg_t = aligned(SHOWN, tok["student"], tok["teacher"], ct,
+                                                 rule="official")
+    off_w, _, spans_off, _, _ = aligned(SHOWN, tok["whitespace"], tok["teacher"], ct,
+                                        rule="official")
     _, _, spans_ends, _, _ = aligned(SHOWN, tok["whitespace"], tok["teacher"], ct, rule="ends",
                                      normalize_offsets=True)
-    every = [aligned(t, tok["student"], tok["teacher"], ct) for t in [SHOWN] + chosen + rejected]
+    every = [aligned(t, tok["student"], tok["teacher"], ct, rule="official")
+             for t in [SHOWN] + chosen + rejected]
     all_tile = all(tiles(a[2], len(t)) for a, t in zip(every, [SHOWN] + chosen + rejected))
     all_assigned = all(np.all(a[3] >= 0) and np.all(a[4] >= 0) for a in every)
     official_equals_ends = all(
