@@ -1,5 +1,7 @@
 """Shared pieces of the Numba-CUDA backend tests (simulator and real device)."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -44,3 +46,11 @@ def conforms(got, declared) -> bool:
         return (isinstance(got, types.Array) and got.dtype == declared.dtype
                 and got.ndim == declared.ndim and declared.layout in ("A", got.layout))
     return got == declared
+
+
+def raises_like_reference(ref_call, nb_call):
+    """``nb_call`` raises the reference's exception type with the reference's exact message."""
+    with pytest.raises(Exception) as ref_exc:
+        ref_call()
+    with pytest.raises(ref_exc.type, match=re.escape(str(ref_exc.value))):
+        nb_call()

@@ -185,7 +185,16 @@ def test_dwa_kd_parts(result):
     assert dskd["ce"] == s300["ce"] and dskd["dtw"] == s300["dtw"]
 
 
-def test_cli_summary_is_printable(result):
-    _, summary = result
-    scalars = {k: v for k, v in summary.items() if not isinstance(v, (list, dict))}
-    json.dumps({**scalars, **summary["headline"]})
+def test_cli_maps_the_hyphenated_name_and_prints_the_headline(tmp_path, monkeypatch, capsys):
+    """``refimpl demo cross-tokenizer`` runs ``refimpl.demos.cross_tokenizer``, writes
+    ``cross_tokenizer.{png,json}`` and prints the JSON's headline values."""
+    from refimpl import cli
+
+    monkeypatch.setattr(demo, "STEPS", 20)
+    assert cli.main(["demo", "cross-tokenizer", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'cross_tokenizer.png'}" in out
+    saved = json.loads((tmp_path / "cross_tokenizer.json").read_text())
+    printed = json.loads(out[out.index("{"):])
+    assert saved["headline"] and all(printed[k] == v for k, v in saved["headline"].items())
+    assert printed["pass"] == saved["verdicts"]["pass"]
