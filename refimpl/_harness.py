@@ -75,15 +75,16 @@ def run_dtypes(op: Op, bk: ModuleType) -> list[str]:
 
 
 def to_backend(bk: ModuleType, value, dtype: str):
-    """NumPy float arrays -> native arrays of ``dtype``; integer arrays keep their dtype."""
+    """NumPy float arrays -> native arrays of ``dtype``; integer arrays keep their dtype; tuples
+    and lists are converted item by item."""
     if isinstance(value, np.ndarray):
         if value.dtype.kind != "f":
             return bk.asarray(value)
         if dtype == "bfloat16":
             return bk.asarray(bf16_round(value), dtype="bfloat16")
         return bk.asarray(value.astype(dtype))
-    if isinstance(value, tuple):
-        return tuple(to_backend(bk, v, dtype) for v in value)
+    if isinstance(value, (tuple, list)):  # pairs, lists of per-scan pairs
+        return type(value)(to_backend(bk, v, dtype) for v in value)
     return value
 
 
@@ -93,8 +94,8 @@ def rounded(value, dtype: str):
         if dtype == "bfloat16":
             return bf16_round(value).astype(np.float64)
         return value.astype(dtype).astype(np.float64)
-    if isinstance(value, tuple):
-        return tuple(rounded(v, dtype) for v in value)
+    if isinstance(value, (tuple, list)):
+        return type(value)(rounded(v, dtype) for v in value)
     return value
 
 

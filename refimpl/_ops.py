@@ -18,6 +18,7 @@ import numpy as np
 from refimpl._cases import Case
 from refimpl._cases import ctpd as _ct
 from refimpl._cases import dwa_kd as _dk
+from refimpl._cases import inf_ssm as _is
 from refimpl._cases import ot as _ot
 from refimpl._cases import preference as _pf
 from refimpl._cases import softdtw as _sd
@@ -161,6 +162,24 @@ OPS: tuple[Op, ...] = (
     Op("tis_dpo_loss_grad", "cross_tokenizer", _ct.TIS_PAPER, ("loss", "dlogits"),
        _ct.cases_tis_dpo_loss, _ct.TIS_TOL, grad_of="tis_dpo_loss",
        doc="TIS-DPO loss and its gradient w.r.t. the policy logits", dtypes=_ct.TIS_DTYPES),
+    Op("stein_gram_diag", "inf_ssm", _is.PAPER, ("G",), _is.cases_stein_gram_diag, _is.TOL,
+       doc="observability Gram of diagonal systems, closed form (the code's solve_P)"),
+    Op("stein_cross_gram_diag", "inf_ssm", _is.PAPER, ("G12",), _is.cases_stein_cross_gram_diag,
+       _is.TOL, doc="cross-Gram (C1^T C2)_ij / (1 - a_i b_j), O(p n1 n2)"),
+    Op("infssm_distance", "inf_ssm", _is.PAPER, ("d",), _is.cases_infssm_distance, _is.TOL,
+       wrt=("a", "c", "b", "e"), vjp=_is.vjp_infssm_distance,
+       doc="Inf-SSM distance: the code's O(n^2) surrogate, or projection / Martin"),
+    Op("infssm_distance_grad", "inf_ssm", _is.PAPER, ("d", "da", "dc", "db", "de"),
+       _is.cases_infssm_distance_grad, _is.TOL, grad_of="infssm_distance",
+       doc="the code distance and its explicit gradient (fused forward+backward)"),
+    Op("mamba_ac_from_scan", "inf_ssm", _is.PAPER, ("a", "c"), _is.cases_mamba_ac_from_scan,
+       _is.TOL, wrt=("delta_raw", "A_log", "C"), vjp=_is.vjp_mamba_ac_from_scan,
+       doc="per-token diagonal systems (a, c) of a Mamba scan (MambaInnerFnNoOutProj_state)"),
+    Op("infssm_reg_loss", "inf_ssm", _is.PAPER, ("loss",), _is.cases_infssm_reg_loss, _is.TOL,
+       doc="Inf-SSM regulariser over scans (allclose shortcut; inf_ssm or mse)"),
+    Op("infssm_reg_loss_grad", "inf_ssm", _is.PAPER, ("loss", "da_new", "dc_new"),
+       _is.cases_infssm_reg_loss, _is.TOL, grad_of="infssm_reg_loss",
+       doc="the regulariser and its gradient w.r.t. the new pairs"),
 )
 
 REGISTRY: dict[str, Op] = {op.name: op for op in OPS}

@@ -836,3 +836,169 @@ def dwa_rates(rates) -> tuple[float, float, float]:
     if not isinstance(rates, (tuple, list)) or len(rates) != 3:
         raise TypeError(f"rates must be a triple (ce, kd, dtw), got {rates!r}")
     return tuple(nonneg_float(r, f"rates[{i}]") for i, r in enumerate(rates))
+
+
+# --------------------------------------------------------------------------- Inf-SSM (observability Grams)
+#
+# The value checks (finite, |a| < 1) need two numbers per array, computed by ``stats``: with the
+# default, one small device -> host read per array (a bool and a float) on GPU backends.
+
+INFSSM_VARIANTS = ("code", "projection", "martin")
+INFSSM_CHANNEL_REDUCE = ("mean", "none")
+INFSSM_MODES = ("inf_ssm", "mse")
+
+
+def _default_stats(x) -> tuple[bool, float]:
+    """``(all finite, max |x|)`` for NumPy, CuPy and torch arrays alike (x non-empty)."""
+    ax = abs(x)
+    return bool((ax < math.inf).all()), float(ax.max())
+
+
+def _finite_values(x, name: str, stats) -> float:
+    """ValueError unless every entry of ``x`` is finite; returns max |x| (0 for empty)."""
+    if int(np.prod(tuple(x.shape))) == 0:
+        return 0.0
+    ok, mx = (stats or _default_stats)(x)
+    if not ok:
+        raise ValueError(f"{name} contains NaN or inf")
+    return float(mx)
+
+
+def diag_system(a, C, names=("a", "C"), multi_output=True, stats=None) -> tuple[tuple, int, int]:
+    """A diagonal system ``x_{t+1} = diag(a) x_t``, ``y_t = C x_t``: ``a`` (..., n), n >= 1;
+    ``C`` of a's dtype, (..., n) (one output) or, if ``multi_output``, (..., p, n), p >= 1, with
+    a's leading shape. Values: finite, ``|a| < 1`` elementwise (stable). Returns
+    ``(lead_shape, p, n)`` with p = 0 for a vector ``C``."""
+    na, nc = names
+    float_array(a, na)
+    float_array(C, nc)
+    same_dtype(na, a, nc, C)
+    ash, csh = tuple(int(s) for s in a.shape), tuple(int(s) for s in C.shape)
+    if len(ash) < 1 or ash[-1] < 1:
+        raise ValueError(f"{na} must have shape (..., n) with n >= 1 (the diagonal of A), got {ash}")
+    lead, n = ash[:-1], ash[-1]
+    if csh == ash:
+        p = 0
+    elif multi_output and len(csh) == len(ash) + 1 and csh[:-2] == lead and csh[-1] == n and csh[-2] >= 1:
+        p = csh[-2]
+    else:
+        want = f"{ash}" + (f" or {lead + ('p', n)} (p >= 1 outputs)" if multi_output else "")
+        raise ValueError(f"{nc} must have shape {want} to match {na} {ash}, got {csh}")
+    mx = _finite_values(a, na, stats)
+    if mx >= 1.0:
+        raise ValueError(f"{na} must be stable: |{na}| < 1 elementwise (spectral radius < 1, else "
+                         f"the Gram series diverges), got max |{na}| = {mx:.17g}")
+    _finite_values(C, nc, stats)
+    return lead, p, n
+
+
+def _same_lead(a, b, lead1, lead2) -> None:
+    if lead1 != lead2:
+        raise ValueError(f"a and b must have the same leading shape (one system pair per entry), "
+                         f"got {tuple(a.shape)} and {tuple(b.shape)}")
+
+
+def cross_gram_args(a, C1, b, C2, stats=None) -> tuple[tuple, int, int, int]:
+    """``stein_cross_gram_diag``: two diagonal systems (names a, C1 and b, C2) of one dtype, the
+    same leading shape and the same output kind (both vectors, or both p outputs).
+    Returns ``(lead, p, n1, n2)``."""
+    lead1, p1, n1 = diag_system(a, C1, ("a", "C1"), True, stats)
+    lead2, p2, n2 = diag_system(b, C2, ("b", "C2"), True, stats)
+    same_dtype("a", a, "b", b)
+    _same_lead(a, b, lead1, lead2)
+    if p1 != p2:
+        what = lambda p: "a vector (one output)" if p == 0 else f"{p} outputs"
+        raise ValueError(f"C1 and C2 must have the same number of outputs, got {what(p1)} and "
+                         f"{what(p2)} (shapes {tuple(C1.shape)} and {tuple(C2.shape)})")
+    return lead1, p1, n1, n2
+
+
+def infssm_args(a, c, b, e, variant, eps, stats=None) -> tuple[tuple, int, int]:
+    """``infssm_distance``: single-output systems (a, c) (..., n1) and (b, e) (..., n2) of one
+    dtype and leading shape; ``variant`` in INFSSM_VARIANTS; ``eps >= 0`` finite.
+    Returns ``(lead, n1, n2)``."""
+    lead1, _, n1 = diag_system(a, c, ("a", "c"), False, stats)
+    lead2, _, n2 = diag_system(b, e, ("b", "e"), False, stats)
+    same_dtype("a", a, "b", b)
+    _same_lead(a, b, lead1, lead2)
+    choice(variant, "variant", INFSSM_VARIANTS)
+    eps = nonneg_float(eps, "eps")
+    if not math.isfinite(eps):
+        raise ValueError(f"eps must be finite, got {eps}")
+    return lead1, n1, n2
+
+
+def mamba_scan_args(delta_raw, A_log, C, dt_bias, channel_reduce, squash,
+                    stats=None) -> tuple[int, int, int, int]:
+    """``mamba_ac_from_scan``: ``delta_raw`` (B, D, L), ``A_log`` (D, n), ``C`` (B, n, L),
+    ``dt_bias`` None or (D,), one float dtype, finite; D, n >= 1; ``channel_reduce`` in
+    ("mean", "none"); ``squash`` a bool. Returns ``(B, D, L, n)``."""
+    float_array(delta_raw, "delta_raw", ndims=(3,))
+    float_array(A_log, "A_log", ndims=(2,))
+    float_array(C, "C", ndims=(3,))
+    same_dtype("delta_raw", delta_raw, "A_log", A_log)
+    same_dtype("delta_raw", delta_raw, "C", C)
+    B, D, L = (int(s) for s in delta_raw.shape)
+    if int(A_log.shape[0]) != D or int(A_log.shape[1]) < 1 or D < 1:
+        raise ValueError(f"A_log must have shape (D, n) = ({D}, n), n >= 1, with D >= 1 the "
+                         f"channels of delta_raw {tuple(delta_raw.shape)}, got {tuple(A_log.shape)}")
+    n = int(A_log.shape[1])
+    if tuple(int(s) for s in C.shape) != (B, n, L):
+        raise ValueError(f"C must have shape (B, n, L) = {(B, n, L)} (delta_raw's B, L and "
+                         f"A_log's n), got {tuple(C.shape)}")
+    if dt_bias is not None:
+        float_array(dt_bias, "dt_bias", ndims=(1,))
+        same_dtype("delta_raw", delta_raw, "dt_bias", dt_bias)
+        if tuple(int(s) for s in dt_bias.shape) != (D,):
+            raise ValueError(f"dt_bias must have shape ({D},) (one per channel), got "
+                             f"{tuple(dt_bias.shape)}")
+    choice(channel_reduce, "channel_reduce", INFSSM_CHANNEL_REDUCE)
+    if not isinstance(squash, (bool, np.bool_)):
+        raise TypeError(f"squash must be a bool, got {type(squash).__name__}")
+    for name, x in (("delta_raw", delta_raw), ("A_log", A_log), ("C", C), ("dt_bias", dt_bias)):
+        if x is not None:
+            _finite_values(x, name, stats)
+    return B, D, L, n
+
+
+def reg_loss_args(new_pairs, old_pairs, lam, mode, stats=None) -> int:
+    """``infssm_reg_loss``: non-empty lists/tuples of (a, c) pairs, one per scan, the same number
+    S in both; every pair a stable single-output diagonal system (m, n), all of one dtype and
+    one (m, n); ``lam >= 0`` finite; ``mode`` in ("inf_ssm", "mse"). Returns S."""
+    for name, pairs in (("new_pairs", new_pairs), ("old_pairs", old_pairs)):
+        if not isinstance(pairs, (list, tuple)):
+            raise TypeError(f"{name} must be a list or tuple of (a, c) pairs (one per scan), got "
+                            f"{type(pairs).__name__}")
+        if len(pairs) == 0:
+            raise ValueError(f"{name} must not be empty (one (a, c) pair per scan)")
+    if len(new_pairs) != len(old_pairs):
+        raise ValueError(f"new_pairs and old_pairs must have the same number of scans, got "
+                         f"{len(new_pairs)} and {len(old_pairs)}")
+    ref = None
+    for name, pairs in (("new_pairs", new_pairs), ("old_pairs", old_pairs)):
+        for s, pair in enumerate(pairs):
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise TypeError(f"{name}[{s}] must be a pair (a, c)")
+            a, c = pair
+            float_array(a, f"{name}[{s}] a", ndims=(2,))
+            if ref is None:
+                ref = (a, tuple(int(x) for x in a.shape))
+            same_dtype("new_pairs[0] a", ref[0], f"{name}[{s}] a", a)
+            if tuple(int(x) for x in a.shape) != ref[1]:
+                raise ValueError(f"{name}[{s}] a must have shape {ref[1]} (new_pairs[0] a's (m, n): "
+                                 f"every scan has the same rows and states), got {tuple(a.shape)}")
+            diag_system(a, c, (f"{name}[{s}] a", f"{name}[{s}] c"), False, stats)
+    lam = nonneg_float(lam, "lam")
+    if not math.isfinite(lam):
+        raise ValueError(f"lam must be finite, got {lam}")
+    choice(mode, "mode", INFSSM_MODES)
+    return len(new_pairs)
+
+
+def gram_not_positive_definite(name: str, eps: float) -> ValueError:
+    """The error of a failed Cholesky of ``name + eps I`` (principled Inf-SSM distances), the
+    same on every backend."""
+    return ValueError(f"{name} + eps I is not numerically positive definite (eps = {eps}): the "
+                      f"Gram of a diagonal system is D_c K D_c with the Cauchy matrix "
+                      f"K_ij = 1/(1 - a_i a_j), badly conditioned for clustered a or a zero "
+                      f"c_i; use eps > 0 (Tikhonov regularisation) or variant='code'")

@@ -71,6 +71,7 @@ static std::mutex ri_atomic_mutex;
 inline void __syncthreads() { ri_block_barrier->arrive_and_wait(); }
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
 inline double __longlong_as_double(long long i) { double f; std::memcpy(&f, &i, 8); return f; }
+inline float __fdividef(float a, float b) { return a / b; }   // fast division (exact here)
 template <typename T> T __shfl_xor_sync(unsigned, T v, int off) {
   const int w = ri_tid / 32, lane = ri_tid % 32;
   ri_shfl[w * 32 + lane] = (double)v;
@@ -229,20 +230,22 @@ class Smem:
 
 def patch_backend(monkeypatch, emulator: Emulator) -> types.SimpleNamespace:
     """Every module of ``backends.cupy`` with NumPy for CuPy and the emulator for the GPU:
-    ``SimpleNamespace(sd=softdtw, ot=ot, pref=preference, ct=cross_tokenizer,
+    ``SimpleNamespace(sd=softdtw, ot=ot, pref=preference, ct=cross_tokenizer, iss=inf_ssm,
     calls=emulator.calls)``."""
     import backends.cupy as package
     import backends.cupy.cross_tokenizer as bct
+    import backends.cupy.inf_ssm as biss
     import backends.cupy.ot as bot
     import backends.cupy.preference as bpref
     import backends.cupy.softdtw as bsd
 
     fake = _NumpyAsCupy()
     monkeypatch.setattr(package, "cupy", fake)  # is_native (the mixed-backend check) lives here
-    for mod in (bsd, bot, bpref, bct):
+    for mod in (bsd, bot, bpref, bct, biss):
         monkeypatch.setattr(mod, "cupy", fake)
     monkeypatch.setattr(K, "launch", emulator.launch)
     monkeypatch.setattr(K, "dynamic_smem_limit", lambda name: Smem.limit)
     monkeypatch.setattr(K, "reserve_dynamic_smem", lambda name, nbytes: None)
     emulator.calls.clear()
-    return types.SimpleNamespace(sd=bsd, ot=bot, pref=bpref, ct=bct, calls=emulator.calls)
+    return types.SimpleNamespace(sd=bsd, ot=bot, pref=bpref, ct=bct, iss=biss,
+                                 calls=emulator.calls)

@@ -74,7 +74,7 @@ def test_probing_and_importing_backends_allocate_nothing_on_a_device():
 
 
 # Families whose issue promised every backend: a backend missing one of their ops is a bug.
-COMPLETE_FAMILIES = ("softdtw", "ot", "preference", "cross_tokenizer")
+COMPLETE_FAMILIES = ("softdtw", "ot", "preference", "cross_tokenizer", "inf_ssm")
 
 
 @pytest.mark.parametrize("name", ["numpy", "torch", "cupy", "numba_cuda"])

@@ -22,6 +22,18 @@
   fp32; GPU (8, 512, 50257) fp32 (GPT-2's vocabulary). Span aggregation needs no peer class:
   the torch backend's ``span_sum`` is plain torch (``index_add_``), so the registry's
   ``SpanSumGPU`` compares the CuPy/Numba kernels with it.
+- Inf-SSM's code distance, forward + backward (issue 5, ``inf_ssm.md`` sec. 7): ours
+  ``infssm_distance_grad`` (the fused O(n^2) kernel, O(m) memory) vs ``torch-code-path``, a
+  plain torch transcription of the official code's construction (the (m, 2n, 2n) matrix P, the
+  product G12 G21 and the traces, autograd). CPU m = 4096, n = 16 fp64; GPU m = 1,210,368
+  (one Vim-small step: 128 images x 197 tokens x 48 scans), n = 16 fp32.
+- Inf-SSM's Grams against SciPy's dense solvers, per system (``SteinPerSystemCPU``): the
+  closed-form cross-Gram (``stein_cross_gram_diag``) and the O(n^2) code distance
+  (``infssm_distance``) batched over m systems, against ``solve_discrete_lyapunov`` on the 2n
+  joint system and ``solve_sylvester`` on the cross block, looped over the same m systems;
+  n in {16, 64, 256}, m = 1024, 256, 16 (enough systems to amortise the closed form's per-call
+  overhead). Every solver does the same m systems at a given n, so the
+  ratio of two timings is the ratio of per-system costs.
 
 Peers are test/bench-only dependencies; a missing one is skipped with the reason.
 """
@@ -40,6 +52,7 @@ SIZES = {
     "sinkhorn": {"cpu": [500], "gpu": [10_000]},
     "dpo": {"cpu": [(4, 128, 256, 8192)], "gpu": [(8, 1024, 4096, 128256)]},
     "kd": {"cpu": [(4, 16, 8192)], "gpu": [(8, 512, 50257)]},
+    "inf_ssm": {"cpu": [(4096, 16)], "gpu": [(1_210_368, 16)]},
 }
 KD = dict(kind="skewed_reverse_kl", tau=2.0)
 DPO_CHUNKS = {"cpu": dict(vocab_chunk=2048), "gpu": dict(token_chunk=8192, vocab_chunk=8192)}
@@ -73,7 +86,7 @@ def _peer_module(name):
             import pysdtw as mod
         elif name == "liger":
             from liger_kernel import chunked_loss as mod
-        elif name in ("torch-materialised", "torch-plain"):
+        elif name in ("torch-materialised", "torch-plain", "torch-code-path"):
             import torch as mod
         else:
             import ot as mod
@@ -312,6 +325,83 @@ class KdWeightedFull(_Peers):
         return call
 
 
+def _systems(rng, size, dtype):
+    """Two batches of single-output diagonal systems in the official code's regime:
+    a = tanh(U(0, 1) / 2), c ~ U(-1, 1)."""
+    m, n = size
+    a, b = (np.tanh(rng.random((m, n)) / 2).astype(dtype) for _ in range(2))
+    c, e = (rng.uniform(-1, 1, (m, n)).astype(dtype) for _ in range(2))
+    return a, c, b, e
+
+
+class InfSsmDistanceFull(_Peers):
+    family = "inf_ssm"
+    peers = ("torch-code-path",)
+
+    def make_ours(self, bk, size, dtype, rng):
+        args = [H.to_backend(bk, x, dtype) for x in _systems(rng, size, dtype)]
+
+        def call():
+            out = bk.infssm_distance_grad(*args)
+            bk.synchronize()
+            return out
+
+        return call
+
+    def make_peer(self, impl, size, dtype, rng):
+        torch = _peer_module(impl)
+        from backends.torch.inf_ssm import _code_path_distance
+
+        dev = _torch_device(self.where)
+        leaves = [torch.as_tensor(x, device=dev).requires_grad_() for x in _systems(rng, size, dtype)]
+
+        def call():
+            for x in leaves:
+                x.grad = None
+            _code_path_distance(*leaves).sum().backward()
+            _sync_torch(self.where)
+
+        return call
+
+
+class SteinPerSystemCPU:
+    """Seconds for m systems of size n (the same m for every solver at a given n)."""
+
+    params = [["closed_form_cross_gram", "closed_form_distance", "scipy_lyapunov_2n",
+               "scipy_sylvester"], [16, 64, 256]]
+    param_names = ["solver", "n"]
+    SYSTEMS = {16: 1024, 64: 256, 256: 16}
+    timeout = 900
+
+    def setup(self, solver, n):
+        import scipy.linalg as sl
+
+        from refimpl import inf_ssm
+
+        a, c, b, e = _systems(np.random.default_rng(0), (self.SYSTEMS[n], n), np.float64)
+        if solver == "closed_form_cross_gram":
+            self.call = lambda: inf_ssm.stein_cross_gram_diag(a, c, b, e)
+        elif solver == "closed_form_distance":
+            self.call = lambda: inf_ssm.infssm_distance(a, c, b, e)
+        elif solver == "scipy_lyapunov_2n":   # all three blocks G11, G12, G22 in one solve
+            def call():
+                for k in range(len(a)):
+                    A = np.diag(np.concatenate([a[k], b[k]]))
+                    C = np.concatenate([c[k], e[k]])[None, :]
+                    sl.solve_discrete_lyapunov(A.T, C.T @ C)
+            self.call = call
+        else:                                 # G12 = A1^T G12 A2 + c e^T as a Sylvester equation
+            def call():
+                for k in range(len(a)):
+                    A2inv = np.diag(1.0 / b[k])
+                    Q = np.outer(c[k], e[k])
+                    sl.solve_sylvester(np.diag(a[k]), -A2inv, -Q @ A2inv)
+            self.call = call
+
+    def time_systems(self, solver, n):
+        self.call()
+
+
 def _variant(base, where):
     """A concrete class for one device kind: params (implementation, size, dtype)."""
     dtypes = {"dpo": {"cpu": ["float32"], "gpu": ["bfloat16"]},
@@ -325,7 +415,7 @@ def _variant(base, where):
     attrs = dict(where=where, params=[ours + list(base.peers), SIZES[base.family][where], dtypes],
                  param_names=["impl", "size", "dtype"])
     name = {"softdtw": "soft_dtw_points", "sinkhorn": "sinkhorn_log", "dpo": "dpo_head",
-            "kd": "entropy_weighted_kd"}[base.family]
+            "kd": "entropy_weighted_kd", "inf_ssm": "infssm_distance"}[base.family]
     full = base.family != "sinkhorn"  # Soft-DTW and DPO forward+backward, Sinkhorn forward
     attrs[f"time_full_{name}" if full else f"time_{name}_{ITERS}it"] = _Peers.run
     if where == "gpu":
@@ -353,4 +443,6 @@ DpoHeadFullCPU = _variant(DpoHeadFull, "cpu")
 DpoHeadFullGPU = _variant(DpoHeadFull, "gpu")
 KdWeightedFullCPU = _variant(KdWeightedFull, "cpu")
 KdWeightedFullGPU = _variant(KdWeightedFull, "gpu")
-del SoftDtwPointsFull, SinkhornLogPeer, DpoHeadFull, KdWeightedFull  # only the concrete variants
+InfSsmDistanceFullCPU = _variant(InfSsmDistanceFull, "cpu")
+InfSsmDistanceFullGPU = _variant(InfSsmDistanceFull, "gpu")
+del SoftDtwPointsFull, SinkhornLogPeer, DpoHeadFull, KdWeightedFull, InfSsmDistanceFull

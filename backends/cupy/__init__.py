@@ -13,7 +13,10 @@ kernel and an in-place logit-gradient kernel (``preference.py``; it reads labels
 the host for validation, O(R T)); the cross-tokenizer family (``cross_tokenizer.py``: KD
 divergences, DWA-KD weights, band and Soft-DTW loss, CTPD span sums and loss, TIS-DPO) runs
 fused per-row softmax kernels, a float64-atomic segment sum, CuPy glue and the Soft-DTW
-backend (it reads masks, labels and segment ids on the host for validation). Exact OT (``emd``, ``emd_grad``) is an explicit host solve
+backend (it reads masks, labels and segment ids on the host for validation); the Inf-SSM family
+(``inf_ssm.py``: Stein Grams, the observability-subspace distance as a fused thread-per-system
+kernel with its gradient, the Mamba (a, c) extraction kernel, the regulariser over all scans in
+one launch; one small device-to-host read per call for the value checks). Exact OT (``emd``, ``emd_grad``) is an explicit host solve
 (the reference on copies of the inputs), its results returned on the device.
 
 Importing this package imports CuPy and NumPy only: no CUDA context is created, nothing is
@@ -95,6 +98,10 @@ from backends.cupy.cross_tokenizer import (  # noqa: E402
     dwa_dtw_loss_grad, entropy_weights, kd_divergence, kd_divergence_grad, kd_gate, span_sum,
     span_weights, tis_dpo_loss, tis_dpo_loss_grad,
 )
+from backends.cupy.inf_ssm import (  # noqa: E402
+    infssm_distance, infssm_distance_grad, infssm_reg_loss, infssm_reg_loss_grad,
+    mamba_ac_from_scan, stein_cross_gram_diag, stein_gram_diag,
+)
 from backends.cupy.ot import (  # noqa: E402
     emd, emd_grad, pairwise_cost, sinkhorn, sinkhorn_cost, sinkhorn_cost_grad,
     sinkhorn_divergence, sinkhorn_log,
@@ -120,4 +127,6 @@ __all__ = [
     "kd_divergence", "kd_divergence_grad", "entropy_weights", "certainty_weights", "kd_gate",
     "cma_band_penalty", "dwa_dtw_loss", "dwa_dtw_loss_grad", "span_sum", "span_weights",
     "ctpd_loss", "ctpd_loss_grad", "tis_dpo_loss", "tis_dpo_loss_grad",
+    "stein_gram_diag", "stein_cross_gram_diag", "infssm_distance", "infssm_distance_grad",
+    "mamba_ac_from_scan", "infssm_reg_loss", "infssm_reg_loss_grad",
 ]

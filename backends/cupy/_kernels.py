@@ -788,6 +788,298 @@ __device__ __forceinline__ void ct_span_sum(const T* __restrict__ x, const long 
 }
 """
 
+_INF_SSM = r"""
+// ---------------------------------------------------------------- Inf-SSM (inf_ssm.md sec. 2, 3)
+// Variant "code" distance of single-output diagonal systems (a, c) (n1 states) and (b, e)
+// (n2 states), one THREAD per system pair, O(n1 n2) work and O(1) extra memory per system.
+// Spec sec. 2: d = 1 - N / (S1 S2), N = sum_ij c_i^2 e_j^2 / D_ij^2, D_ij = 1 - a_i b_j,
+// S1 = sum_i c_i^2 / (1 - a_i^2), S2 likewise. That form cancels (d ~ 0.03 in the code's
+// regime: float32 loses ~5 bits on d, and its gradient is a difference of O(1) terms), so the
+// kernel evaluates the same quantity without cancellation: by the identity
+// (1 - a^2)(1 - b^2) = (1 - ab)^2 - (a - b)^2, S1 S2 - N = sum_ij w_ij rho_ij^2, hence
+//   d = sum_ij u_i v_j rho_ij^2 / W,   u_i = c_i^2 / (1 - a_i^2),  v_j = e_j^2 / (1 - b_j^2),
+//   W = S1 S2 = (sum_i u_i)(sum_j v_j),  rho_ij = (a_i - b_j) / D_ij
+// (a weighted mean of squared pseudo-hyperbolic distances: every term >= 0), and with
+// r_ij = rho_ij^2 - d (one fma) the gradient
+//   dd/dc_i = 2 c_i / ((1 - a_i^2) W) sum_j v_j r_ij
+//   dd/da_i = 2 u_i / W [ a_i / (1 - a_i^2) sum_j v_j r_ij + sum_j e_j^2 (a_i - b_j) / D_ij^3 ]
+//   dd/de_j = 2 e_j / ((1 - b_j^2) W) sum_i u_i r_ij
+//   dd/db_j = 2 v_j / W [ b_j / (1 - b_j^2) sum_i u_i r_ij - sum_i c_i^2 (a_i - b_j) / D_ij^3 ]
+// (the torch backend's formulas). Everything is computed in the input type T, for the
+// distance and for the gradient: no term cancels, so float32 arithmetic meets the float32
+// tolerance. Reciprocals: float __fdividef(1, x) (div.approx, 2 ulp; every denominator is in
+// (0, 2]), double 1.0 / x.
+//
+// Blocks take chunks of blockDim.x consecutive systems (grid-stride over chunks; the chunk
+// loop is block-uniform, so __syncthreads inside it is safe). staged = 1: the chunk's rows of
+// a, c, b, e are contiguous in global memory (n values per system), so the block copies them
+// into shared memory with coalesced loads, row t at t * ld (ld = n | 1, odd: the per-thread
+// reads of the (i, j) loop hit distinct banks); with need_grad the gradients are written in
+// place over the staged rows and copied out with coalesced stores, and the per-j sums of the
+// backward live in shared memory too (type T, j-major, stride blockDim.x: conflict-free).
+// staged = 0 (rows too large for shared memory): each thread reads and writes its rows in
+// global memory directly; the per-j sums go to pu (2 m n2 values of T: P then Q).
+// need_grad: 0 the distance only; 1 also da, dc, db, de; 2 also da, dc (db, de not written).
+//
+// Pass A (forward): sum u, sum v from the diagonal terms, then sum_ij u_i v_j rho_ij^2 with i
+// in register tiles of ISS_TILE (one read of b_j, e_j and one v_j serve ISS_TILE
+// reciprocals). Pass B (need_grad) recomputes every D_ij (nothing O(n1 n2) is stored) and
+// forms, per tile of i,
+//   R_i = sum_j v_j r_ij,  T_i = sum_j e_j^2 rho_ij / D_ij^2          (registers)
+//   P_j += sum_i u_i r_ij, Q_j += sum_i c_i^2 rho_ij / D_ij^2         (accumulators),
+// then the four formulas above.
+
+#define ISS_TILE 4
+
+template <typename T> struct IssNum;
+template <> struct IssNum<float> {
+  static __device__ __forceinline__ float ex(float x) { return expf(x); }
+  static __device__ __forceinline__ float lg1p(float x) { return log1pf(x); }
+  static __device__ __forceinline__ float th(float x) { return tanhf(x); }
+  static __device__ __forceinline__ float rcp(float x) { return __fdividef(1.0f, x); }
+};
+template <> struct IssNum<double> {
+  static __device__ __forceinline__ double ex(double x) { return exp(x); }
+  static __device__ __forceinline__ double lg1p(double x) { return log1p(x); }
+  static __device__ __forceinline__ double th(double x) { return tanh(x); }
+  static __device__ __forceinline__ double rcp(double x) { return 1.0 / x; }
+};
+
+// Inputs ra, rc (n1), rb, re (n2); outputs wa, wc, wb, we (may alias the inputs: every entry
+// is read before it is overwritten); accumulators P, Q with stride ps.
+template <typename T, bool GRAD>
+__device__ __forceinline__ T iss_code_one(const T* ra, const T* rc, int n1, const T* rb,
+                                          const T* re, int n2, T* wa, T* wc, T* wb, T* we,
+                                          T* P, T* Q, int ps, bool grad_b) {
+  typedef IssNum<T> F;
+  T Su = (T)0, Sv = (T)0, num = (T)0;
+  for (int i = 0; i < n1; ++i) {
+    const T ai = ra[i], ci = rc[i];
+    Su += ci * ci * F::rcp(fma(-ai, ai, (T)1));
+  }
+  for (int j = 0; j < n2; ++j) {
+    const T bj = rb[j], ej = re[j];
+    Sv += ej * ej * F::rcp(fma(-bj, bj, (T)1));
+  }
+  for (int i0 = 0; i0 < n1; i0 += ISS_TILE) {
+    T a[ISS_TILE], u[ISS_TILE], R[ISS_TILE];
+#pragma unroll
+    for (int k = 0; k < ISS_TILE; ++k) {
+      const bool in = i0 + k < n1;          // padding: a = c = 0, u = 0 adds 0
+      a[k] = in ? ra[i0 + k] : (T)0;
+      const T ck = in ? rc[i0 + k] : (T)0;
+      u[k] = ck * ck * F::rcp(fma(-a[k], a[k], (T)1));
+      R[k] = (T)0;
+    }
+    for (int j = 0; j < n2; ++j) {
+      const T bj = rb[j], ej = re[j], vj = ej * ej * F::rcp(fma(-bj, bj, (T)1));
+#pragma unroll
+      for (int k = 0; k < ISS_TILE; ++k) {
+        const T rho = (a[k] - bj) * F::rcp(fma(-a[k], bj, (T)1));
+        R[k] = fma(vj, rho * rho, R[k]);
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < ISS_TILE; ++k) num = fma(u[k], R[k], num);
+  }
+  const T W = Su * Sv;
+  const T dist = num / W;
+  if (!GRAD) return dist;
+
+  const T two_w = (T)2 / W;
+  for (int j = 0; j < n2; ++j) { P[j * ps] = (T)0; Q[j * ps] = (T)0; }
+  for (int i0 = 0; i0 < n1; i0 += ISS_TILE) {
+    T a[ISS_TILE], c[ISS_TILE], c2[ISS_TILE], s[ISS_TILE], u[ISS_TILE], R[ISS_TILE], Ti[ISS_TILE];
+#pragma unroll
+    for (int k = 0; k < ISS_TILE; ++k) {
+      const bool in = i0 + k < n1;
+      a[k] = in ? ra[i0 + k] : (T)0;
+      c[k] = in ? rc[i0 + k] : (T)0;
+      c2[k] = c[k] * c[k];
+      s[k] = F::rcp(fma(-a[k], a[k], (T)1));       // 1 / (1 - a_i^2)
+      u[k] = c2[k] * s[k];
+      R[k] = (T)0;
+      Ti[k] = (T)0;
+    }
+    for (int j = 0; j < n2; ++j) {
+      const T bj = rb[j], ej = re[j], e2 = ej * ej, vj = e2 * F::rcp(fma(-bj, bj, (T)1));
+      T p = (T)0, q = (T)0;
+#pragma unroll
+      for (int k = 0; k < ISS_TILE; ++k) {
+        const T inv = F::rcp(fma(-a[k], bj, (T)1));
+        const T rho = (a[k] - bj) * inv;
+        const T r = fma(rho, rho, -dist);           // rho_ij^2 - d
+        const T t = rho * (inv * inv);              // (a_i - b_j) / D_ij^3
+        R[k] = fma(vj, r, R[k]);
+        Ti[k] = fma(e2, t, Ti[k]);
+        p = fma(u[k], r, p);
+        q = fma(c2[k], t, q);
+      }
+      P[j * ps] += p;
+      Q[j * ps] += q;
+    }
+#pragma unroll
+    for (int k = 0; k < ISS_TILE; ++k) {
+      if (i0 + k < n1) {
+        wc[i0 + k] = two_w * c[k] * s[k] * R[k];
+        wa[i0 + k] = two_w * u[k] * fma(a[k] * s[k], R[k], Ti[k]);
+      }
+    }
+  }
+  if (grad_b) {
+    for (int j = 0; j < n2; ++j) {
+      const T bj = rb[j], ej = re[j], Pj = P[j * ps], Qj = Q[j * ps];
+      const T sb = F::rcp(fma(-bj, bj, (T)1)), vj = ej * ej * sb;
+      we[j] = two_w * ej * sb * Pj;
+      wb[j] = two_w * vj * fma(bj * sb, Pj, -Qj);
+    }
+  }
+  return dist;
+}
+
+// Copy the chunk's rows (cnt systems of n values, contiguous from src) to shared memory
+// rows of stride ld (coalesced global loads), or back (coalesced global stores).
+template <typename T>
+__device__ __forceinline__ void iss_stage_in(const T* __restrict__ src, T* dst, int cnt, int n, int ld) {
+  for (int k = threadIdx.x; k < cnt * n; k += blockDim.x) {
+    const int s = k / n;
+    dst[s * ld + (k - s * n)] = src[k];
+  }
+}
+template <typename T>
+__device__ __forceinline__ void iss_stage_out(const T* src, T* __restrict__ dst, int cnt, int n, int ld) {
+  for (int k = threadIdx.x; k < cnt * n; k += blockDim.x) {
+    const int s = k / n;
+    dst[k] = src[s * ld + (k - s * n)];
+  }
+}
+
+template <typename T, bool GRAD>
+__device__ __forceinline__ void iss_code_run(const T* __restrict__ a, const T* __restrict__ c,
+                                             const T* __restrict__ b, const T* __restrict__ e,
+                                             long long m, int n1, int n2, int staged, int grad_b,
+                                             T* d, T* da, T* dc, T* db, T* de, T* pu) {
+  const int tpb = blockDim.x, t = threadIdx.x;
+  const int ld1 = n1 | 1, ld2 = n2 | 1;
+  T* sa = (T*)ri_dynamic_smem();   // tpb rows of ld1
+  T* sc = sa + tpb * ld1;
+  T* sb = sc + tpb * ld1;          // tpb rows of ld2
+  T* se = sb + tpb * ld2;
+  T* sP = se + tpb * ld2;          // n2 x tpb (j-major), GRAD only
+  T* sQ = sP + tpb * n2;
+  for (long long base = (long long)blockIdx.x * tpb; base < m; base += (long long)gridDim.x * tpb) {
+    const int cnt = (int)(m - base < (long long)tpb ? m - base : (long long)tpb);
+    const long long s = base + t;
+    if (staged) {
+      iss_stage_in(a + base * n1, sa, cnt, n1, ld1);
+      iss_stage_in(c + base * n1, sc, cnt, n1, ld1);
+      iss_stage_in(b + base * n2, sb, cnt, n2, ld2);
+      iss_stage_in(e + base * n2, se, cnt, n2, ld2);
+      __syncthreads();
+      if (t < cnt) {
+        T* ra = sa + t * ld1; T* rc = sc + t * ld1; T* rb = sb + t * ld2; T* re = se + t * ld2;
+        d[s] = iss_code_one<T, GRAD>(ra, rc, n1, rb, re, n2, ra, rc, rb, re, sP + t, sQ + t, tpb,
+                                     grad_b != 0);
+      }
+      __syncthreads();
+      if (GRAD) {
+        iss_stage_out(sa, da + base * n1, cnt, n1, ld1);
+        iss_stage_out(sc, dc + base * n1, cnt, n1, ld1);
+        if (grad_b) {
+          iss_stage_out(sb, db + base * n2, cnt, n2, ld2);
+          iss_stage_out(se, de + base * n2, cnt, n2, ld2);
+        }
+        __syncthreads();
+      }
+    } else if (t < cnt) {
+      const long long o1 = s * n1, o2 = s * n2;
+      d[s] = iss_code_one<T, GRAD>(a + o1, c + o1, n1, b + o2, e + o2, n2, da + o1, dc + o1,
+                                   db + o2, de + o2, pu + o2, pu + m * n2 + o2, 1, grad_b != 0);
+    }
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void iss_code_dist(const T* __restrict__ a, const T* __restrict__ c,
+                                              const T* __restrict__ b, const T* __restrict__ e,
+                                              long long m, int n1, int n2, int staged,
+                                              int need_grad, T* d, T* da, T* dc, T* db, T* de,
+                                              T* pu) {
+  if (need_grad)
+    iss_code_run<T, true>(a, c, b, e, m, n1, n2, staged, need_grad == 1, d, da, dc, db, de, pu);
+  else
+    iss_code_run<T, false>(a, c, b, e, m, n1, n2, staged, 0, d, da, dc, db, de, pu);
+}
+
+// Mamba scan statistics, channel_reduce = "mean" (spec sec. 3): for every row r = (b, l) and
+// state j, Abar = mean_d exp(dt[b,d,l] A[d,j]), dt = softplus(delta_raw[b,d,l] + bias[d])
+// (softplus(x) = max(x, 0) + log1p(exp(-|x|))), A = -exp(A_log) given; a = tanh(Abar / 2)
+// with squash, else Abar; c[r, j] = tanh(C[b,j,l] / 2) (or C). Block (bx, by): threadIdx.x
+// runs over rows (consecutive l: coalesced loads of delta_raw[b, d, :] and C[b, j, :]),
+// threadIdx.y splits the channels d (d = ty, ty + by, ...); per state chunk of ISS_JT the
+// partial sums of the by channel groups meet in shared memory (ISS_JT * bx * by values),
+// summed in a fixed order. A[d, j] is the same for a warp (broadcast loads). Nothing of size
+// B D L n is formed.
+#define ISS_JT 16
+
+template <typename T>
+__device__ __forceinline__ T iss_softplus(T x) {
+  const T ax = x < (T)0 ? -x : x;
+  return (x > (T)0 ? x : (T)0) + IssNum<T>::lg1p(IssNum<T>::ex(-ax));
+}
+
+template <typename T>
+__device__ __forceinline__ void iss_mamba_mean(const T* __restrict__ x, const T* __restrict__ A,
+                                               const T* __restrict__ C, const T* __restrict__ bias,
+                                               int has_bias, long long B, int D, int L, int n,
+                                               int squash, T* __restrict__ a_out,
+                                               T* __restrict__ c_out) {
+  T* red = (T*)ri_dynamic_smem();            // ISS_JT x by x bx
+  const int bx = blockDim.x, by = blockDim.y, tx = threadIdx.x, ty = threadIdx.y;
+  const long long rows = B * (long long)L;
+  for (long long r0 = (long long)blockIdx.x * bx; r0 < rows; r0 += (long long)gridDim.x * bx) {
+    const long long r = r0 + tx;
+    const bool live = r < rows;
+    const long long bb = live ? r / L : 0;
+    const int l = live ? (int)(r - bb * L) : 0;
+    const T* xr = x + bb * D * (long long)L + l;
+    for (int j0 = 0; j0 < n; j0 += ISS_JT) {
+      T acc[ISS_JT];
+#pragma unroll
+      for (int k = 0; k < ISS_JT; ++k) acc[k] = (T)0;
+      if (live) {
+        for (int dd = ty; dd < D; dd += by) {
+          T v = xr[(long long)dd * L];
+          if (has_bias) v += bias[dd];
+          const T dt = iss_softplus(v);
+          const T* Ad = A + (long long)dd * n + j0;
+#pragma unroll
+          for (int k = 0; k < ISS_JT; ++k)
+            if (j0 + k < n) acc[k] += IssNum<T>::ex(dt * Ad[k]);
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < ISS_JT; ++k) red[(k * by + ty) * bx + tx] = acc[k];
+      __syncthreads();
+      for (int k = ty; k < ISS_JT; k += by) {
+        if (live && j0 + k < n) {
+          T s = (T)0;
+          for (int y = 0; y < by; ++y) s += red[(k * by + y) * bx + tx];
+          const T v = s / (T)D;
+          a_out[r * n + j0 + k] = squash ? IssNum<T>::th(v * (T)0.5) : v;
+        }
+      }
+      __syncthreads();
+    }
+    if (live) {
+      for (int j = ty; j < n; j += by) {
+        const T v = C[(bb * n + j) * (long long)L + l];
+        c_out[r * n + j] = squash ? IssNum<T>::th(v * (T)0.5) : v;
+      }
+    }
+  }
+}
+"""
 
 @dataclass(frozen=True)
 class Template:
@@ -852,10 +1144,18 @@ TEMPLATES = (
         ("const T*", "x"), ("const long long*", "seg"), ("long long", "rows"), ("int", "K"),
         ("int", "R"), ("int", "shared"), ("int", "need_cnt"), ("double*", "out"),
         ("double*", "cnt"))),
+    Template("inf_ssm", "iss_code_dist", (
+        ("const T*", "a"), ("const T*", "c"), ("const T*", "b"), ("const T*", "e"),
+        ("long long", "m"), ("int", "n1"), ("int", "n2"), ("int", "staged"), ("int", "need_grad"),
+        ("T*", "d"), ("T*", "da"), ("T*", "dc"), ("T*", "db"), ("T*", "de"), ("T*", "pu"))),
+    Template("inf_ssm", "iss_mamba_mean", (
+        ("const T*", "x"), ("const T*", "A"), ("const T*", "C"), ("const T*", "bias"),
+        ("int", "has_bias"), ("long long", "B"), ("int", "D"), ("int", "L"), ("int", "n"),
+        ("int", "squash"), ("T*", "a_out"), ("T*", "c_out"))),
 )
 
 _BODIES = {"softdtw": _SOFTDTW, "costs": _COSTS, "ot": _OT, "preference": _PREFERENCE,
-           "cross_tokenizer": _CROSS_TOKENIZER}
+           "cross_tokenizer": _CROSS_TOKENIZER, "inf_ssm": _INF_SSM}
 MODULES = tuple(_BODIES)
 
 

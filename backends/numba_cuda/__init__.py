@@ -41,6 +41,9 @@ from .cross_tokenizer import (certainty_weights, cma_band_penalty, ctpd_loss,  #
                               ctpd_loss_grad, dwa_dtw_loss, dwa_dtw_loss_grad, entropy_weights,
                               kd_divergence, kd_divergence_grad, kd_gate, span_sum,
                               span_weights, tis_dpo_loss, tis_dpo_loss_grad)
+from .inf_ssm import (infssm_distance, infssm_distance_grad, infssm_reg_loss,  # noqa: F401
+                      infssm_reg_loss_grad, mamba_ac_from_scan, stein_cross_gram_diag,
+                      stein_gram_diag)
 from .ot import (EMDResult, SinkhornResult, emd, emd_grad, pairwise_cost, sinkhorn,  # noqa: F401
                  sinkhorn_cost, sinkhorn_cost_grad, sinkhorn_divergence, sinkhorn_log)
 from .preference import (dpo_loss, dpo_loss_grad, linear_dpo_loss,  # noqa: F401
@@ -60,6 +63,8 @@ __all__ = [
     "kd_divergence", "kd_divergence_grad", "entropy_weights", "certainty_weights", "kd_gate",
     "cma_band_penalty", "dwa_dtw_loss", "dwa_dtw_loss_grad", "span_sum", "span_weights",
     "ctpd_loss", "ctpd_loss_grad", "tis_dpo_loss", "tis_dpo_loss_grad",
+    "stein_gram_diag", "stein_cross_gram_diag", "infssm_distance", "infssm_distance_grad",
+    "mamba_ac_from_scan", "infssm_reg_loss", "infssm_reg_loss_grad",
 ]
 
 NAME = "numba_cuda"

@@ -48,6 +48,15 @@ weights and gate; ``ct_band`` the soft band (one block per row); ``ct_gather_row
 spans; ``ct_ctpd_rows``/``ct_row_scale`` and ``ct_tis_tok``/``ct_tis_rows``/``ct_tis_grad``
 feed ``pref_dpo`` (the one DPO formula) and spread its gradient.
 
+Inf-SSM family (``inf_ssm.md`` secs. 2-4, 6; ``iss_*`` kernels, details in the docstring of
+:mod:`backends.numba_cuda.inf_ssm`): ``iss_code``/``iss_code_grad`` are the fused code distance
+and its gradient, one thread per system (grid-stride), in the cancellation-free form, with
+``u_i``, ``v_j`` cached for i, j < :data:`ISS_NCACHE`; ``iss_principled`` the projection/Martin
+variants by per-thread Cholesky in local arrays (n1, n2 <= :data:`ISS_NMAX`); ``iss_gram`` the
+(cross-)Grams; ``iss_mamba`` the Mamba (a, c) extraction; ``iss_copy``, ``iss_scan_stats``,
+``iss_scan_sum``, ``iss_reg_scale``, ``iss_reg_loss``, ``iss_mse_grad`` the regulariser with
+its allclose shortcut on the device; ``iss_stats`` the validators' (non-finite, max |x|).
+
 Launches go to the CUDA *legacy default stream* (``cuda.default_stream()``), always.
 """
 
@@ -82,6 +91,11 @@ PREF_ROW_THREADS = 256    # threads per block of the online-LSE kernel (lanes x 
 SIM_MAX_THREADS = 8       # in the simulator each CUDA thread is a Python thread: keep blocks small
 
 COS_EPS = 1e-8            # norm floor of the cosine costs (refimpl.softdtw.COS_EPS, refimpl.ot)
+ISS_NMAX = 16             # largest n1, n2 of the Inf-SSM principled variants (per-thread local
+#                           arrays of a compile-time size; inf_ssm.py refuses larger n)
+ISS_NCACHE = 32           # u_i, v_j cached per thread in the iss_code kernels (recomputed beyond)
+ISS_RED = 256             # threads (and shared words) of the iss_* block reductions
+ISS_ALLCLOSE_RTOL, ISS_ALLCLOSE_ATOL = 1e-5, 1e-8   # torch.allclose defaults (refimpl.inf_ssm)
 
 #: Set to a list to record ``(name, dtype, argument numba types)`` of every launch (tests).
 RECORD: list | None = None
@@ -166,6 +180,23 @@ _SIGNATURES = {
                    "int64)",
     "ct_tis_grad": "void({T}[:, :, :], {T}[:, :, :], int64[:, ::1], {T}[:, ::1], {T}[:, :, ::1], "
                    "{T}[:, ::1], {T}[::1], {T}[:, :, ::1], {T})",
+    # Inf-SSM family (iss_*; backends/numba_cuda/inf_ssm.py)
+    "iss_stats": "void({T}[:, :], {T}[::1])",
+    "iss_gram": "void({T}[:, :], {T}[:, :, :], {T}[:, :], {T}[:, :, :], {T}[:, :, ::1])",
+    "iss_code": "void({T}[:, :], {T}[:, :], {T}[:, :], {T}[:, :], {T}[::1])",
+    "iss_code_grad": "void({T}[:, :], {T}[:, :], {T}[:, :], {T}[:, :], {T}[::1], {T}[:, ::1], "
+                     "{T}[:, ::1], {T}[:, ::1], {T}[:, ::1], {T}[::1], int64, int64)",
+    "iss_principled": "void({T}[:, :], {T}[:, :], {T}[:, :], {T}[:, :], {T}[::1], int64[::1], "
+                      "{T}, int64)",
+    "iss_mamba": "void({T}[:, :, :], {T}[:, :], {T}[:, :, :], {T}[:], {T}[:, :, ::1], "
+                 "{T}[:, ::1], int64, int64, int64)",
+    "iss_copy": "void({T}[:, :], {T}[:, ::1], int64)",
+    "iss_scan_stats": "void({T}[:, ::1], {T}[:, ::1], {T}[:, ::1])",
+    "iss_scan_sum": "void({T}[:, ::1], {T}[::1])",
+    "iss_reg_scale": "void({T}[:, ::1], {T}[:, ::1], {T}[::1], {T}, int64)",
+    "iss_reg_loss": "void({T}[:, ::1], {T}[:, ::1], {T}[::1], {T}[::1], {T}, {T}, {T}, int64, "
+                    "int64)",
+    "iss_mse_grad": "void({T}[:, ::1], {T}[:, ::1], {T}[::1], {T}[:, ::1], int64)",
 }
 
 DTYPES = ("float32", "float64")
@@ -2046,6 +2077,418 @@ def _build(dtype: str) -> dict:
                 e = ONE
             dz[r, tk, v] = c * ((e - p) - aeff * (p * (lp - lq - k)))
 
+    # ------------------------------------------------------------------ Inf-SSM (iss_*)
+    # backends/numba_cuda/inf_ssm.py (its module docstring: the kernels' work split and the
+    # code distance's cancellation-free form); iss_scan_stats/iss_scan_sum reduce by block_sum.
+
+    AC_RTOL = DT(ISS_ALLCLOSE_RTOL)
+    AC_ATOL = DT(ISS_ALLCLOSE_ATOL)
+
+    @cuda.jit(device=True, inline="always")
+    def chol(A, n):
+        """In-place lower Cholesky of the leading n x n block of ``A`` (lower triangle read);
+        False at a pivot that is not > 0 (or NaN), as LAPACK ``potrf``."""
+        for j in range(n):
+            s = A[j, j]
+            for k in range(j):
+                s -= A[j, k] * A[j, k]
+            if not (s > ZERO):
+                return False
+            ljj = math.sqrt(s)
+            A[j, j] = ljj
+            for i in range(j + 1, n):
+                t = A[i, j]
+                for k in range(j):
+                    t -= A[i, k] * A[j, k]
+                A[i, j] = t / ljj
+        return True
+
+    @cuda.jit(device=True, inline="always")
+    def gram_lower(A, x, y, s, n, eps):
+        """Lower triangle of ``G = y y^T / (1 - x x^T) + eps I`` of system s into A."""
+        for i in range(n):
+            xi = x[s, i]
+            yi = y[s, i]
+            for k in range(i + 1):
+                A[i, k] = (yi * y[s, k]) / (ONE - xi * x[s, k])
+            A[i, i] += eps
+
+    def iss_stats(X, out):
+        """``out[0] = max(out[0], any non-finite)``, ``out[1] = max(out[1], max finite |x|)``."""
+        rf = cuda.shared.array(ISS_RED, NB)
+        rm = cuda.shared.array(ISS_RED, NB)
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        cols = X.shape[1]
+        total = X.shape[0] * cols
+        bad = ZERO
+        mx = ZERO
+        i = cuda.blockIdx.x * nt + t
+        stride = nt * cuda.gridDim.x
+        while i < total:
+            v = abs(X[i // cols, i % cols])
+            if v < INF:
+                if v > mx:
+                    mx = v
+            else:
+                bad = ONE
+            i += stride
+        rf[t] = bad
+        rm[t] = mx
+        cuda.syncthreads()
+        off = nt // 2
+        while off > 0:
+            if t < off:
+                if rf[t + off] > rf[t]:
+                    rf[t] = rf[t + off]
+                if rm[t + off] > rm[t]:
+                    rm[t] = rm[t + off]
+            cuda.syncthreads()
+            off //= 2
+        if t == 0:
+            cuda.atomic.max(out, 0, rf[0])
+            cuda.atomic.max(out, 1, rm[0])
+
+    def iss_gram(a, C1, b, C2, G):
+        """``G[s, i, j] = sum_k C1[s,k,i] C2[s,k,j] / (1 - a_si b_sj)``, one thread per entry."""
+        n1 = a.shape[1]
+        n2 = b.shape[1]
+        p = C1.shape[1]
+        total = a.shape[0] * n1 * n2
+        idx = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while idx < total:
+            j = idx % n2
+            r = idx // n2
+            i = r % n1
+            s = r // n1
+            q = ZERO
+            for k in range(p):
+                q += C1[s, k, i] * C2[s, k, j]
+            G[s, i, j] = q / (ONE - a[s, i] * b[s, j])
+            idx += stride
+
+    @cuda.jit(device=True, inline="always")
+    def stein_weight(x, y, s, k):
+        """``y_k^2 / (1 - x_k^2)`` of system s: ``u_i`` (x, y = a, c) or ``v_j`` (b, e)."""
+        xk = x[s, k]
+        yk = y[s, k]
+        return (yk * yk) / (ONE - xk * xk)
+
+    @cuda.jit(device=True, inline="always")
+    def stein_pole_sums(xi, y, ey, wl, s, n):
+        """One pole ``xi`` against the n poles ``y`` of system s (weights ``w_k`` of ``(y, ey)``,
+        cached in ``wl`` below ISS_NCACHE): ``(sum_k w_k rho_k^2, sum_k ey_k^2 rho_k / D_k^2)``
+        with ``D_k = 1 - xi y_k``, ``rho_k = (xi - y_k) / D_k``. Rows (xi = a_i against b) and
+        columns (xi = b_j against a, where rho changes sign) of the gradient use it alike."""
+        p = ZERO
+        t = ZERO
+        for k in range(n):
+            yk = y[s, k]
+            ek = ey[s, k]
+            inv = ONE / (ONE - xi * yk)
+            rho = (xi - yk) * inv
+            wk = wl[k] if k < ISS_NCACHE else stein_weight(y, ey, s, k)
+            p += wk * (rho * rho)
+            t += (ek * ek) * (rho * inv * inv)
+        return p, t
+
+    def iss_code(a, c, b, e, d):
+        """The fused code distance, one thread per system (grid-stride), cancellation-free:
+        ``d = sum_i u_i p_i / (U V)``, ``p_i = sum_j v_j rho_ij^2`` (inf_ssm.py's docstring)."""
+        vl = cuda.local.array(ISS_NCACHE, NB)     # v_j, j < ISS_NCACHE (recomputed beyond)
+        M = a.shape[0]
+        n1 = a.shape[1]
+        n2 = b.shape[1]
+        s = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while s < M:
+            V = ZERO
+            for j in range(n2):
+                vj = stein_weight(b, e, s, j)
+                if j < ISS_NCACHE:
+                    vl[j] = vj
+                V += vj
+            U = ZERO
+            P = ZERO
+            for i in range(n1):
+                ai = a[s, i]
+                p = ZERO
+                for j in range(n2):
+                    bj = b[s, j]
+                    rho = (ai - bj) / (ONE - ai * bj)
+                    vj = vl[j] if j < ISS_NCACHE else stein_weight(b, e, s, j)
+                    p += vj * (rho * rho)
+                ui = stein_weight(a, c, s, i)
+                U += ui
+                P += ui * p
+            d[s] = P / (U * V)
+            s += stride
+
+    def iss_code_grad(a, c, b, e, d, da, dc, db, de, scale, rows_per, want_b):
+        """Code distance and its gradient, one thread per system (grid-stride), in the
+        cancellation-free form (inf_ssm.py's docstring); gradients of system s scaled by
+        ``scale[s // rows_per]``; db, de only with ``want_b``."""
+        ul = cuda.local.array(ISS_NCACHE, NB)     # u_i, i < ISS_NCACHE (recomputed beyond)
+        vl = cuda.local.array(ISS_NCACHE, NB)     # v_j, j < ISS_NCACHE
+        M = a.shape[0]
+        n1 = a.shape[1]
+        n2 = b.shape[1]
+        s = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while s < M:
+            g = scale[s // rows_per]
+            V = ZERO
+            for j in range(n2):
+                vj = stein_weight(b, e, s, j)
+                if j < ISS_NCACHE:
+                    vl[j] = vj
+                V += vj
+            U = ZERO
+            P = ZERO
+            for i in range(n1):                       # pass 1: d, row sums (parked)
+                # sum_j v_j rho_ij^2 and sum_j e_j^2 (a_i - b_j) / D_ij^3
+                p, t = stein_pole_sums(a[s, i], b, e, vl, s, n2)
+                ui = stein_weight(a, c, s, i)
+                if i < ISS_NCACHE:
+                    ul[i] = ui
+                U += ui
+                P += ui * p
+                dc[s, i] = p
+                da[s, i] = t
+            W = U * V
+            dist = P / W
+            d[s] = dist
+            if g == ZERO:                             # a shortcut scan: exact zeros
+                for i in range(n1):
+                    da[s, i] = ZERO
+                    dc[s, i] = ZERO
+                if want_b != 0:
+                    for j in range(n2):
+                        db[s, j] = ZERO
+                        de[s, j] = ZERO
+                s += stride
+                continue
+            f = g * (TWO / W)                         # 2 g / W
+            dV = dist * V
+            for i in range(n1):
+                ai = a[s, i]
+                ci = c[s, i]
+                ia = ONE / (ONE - ai * ai)
+                x = dc[s, i] - dV                     # sum_j v_j (rho_ij^2 - d)
+                dc[s, i] = f * (ci * ia * x)
+                da[s, i] = f * ((ci * ci * ia) * (ai * ia * x + da[s, i]))
+            if want_b != 0:                           # pass 2: column sums, db, de
+                dU = dist * U
+                for j in range(n2):
+                    bj = b[s, j]
+                    ej = e[s, j]
+                    # sum_i u_i rho_ij^2 and sum_i c_i^2 (b_j - a_i) / D_ij^3
+                    q, t = stein_pole_sums(bj, a, c, ul, s, n1)
+                    ib = ONE / (ONE - bj * bj)
+                    y = q - dU                        # sum_i u_i (rho_ij^2 - d)
+                    de[s, j] = f * (ej * ib * y)
+                    db[s, j] = f * ((ej * ej * ib) * (bj * ib * y + t))
+            s += stride
+
+    def iss_principled(a, c, b, e, d, fail, eps, variant):
+        """Projection (variant 0) / Martin (1) distance by per-thread Cholesky (n <= ISS_NMAX)."""
+        L1 = cuda.local.array((ISS_NMAX, ISS_NMAX), NB)
+        L2 = cuda.local.array((ISS_NMAX, ISS_NMAX), NB)
+        Z = cuda.local.array((ISS_NMAX, ISS_NMAX), NB)
+        M = a.shape[0]
+        n1 = a.shape[1]
+        n2 = b.shape[1]
+        s = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while s < M:
+            gram_lower(L1, a, c, s, n1, eps)
+            if not chol(L1, n1):
+                cuda.atomic.min(fail, 0, 2 * s)
+                d[s] = NAN
+                s += stride
+                continue
+            gram_lower(L2, b, e, s, n2, eps)
+            if not chol(L2, n2):
+                cuda.atomic.min(fail, 0, 2 * s + 1)
+                d[s] = NAN
+                s += stride
+                continue
+            for i in range(n1):                       # Z = G12
+                ai = a[s, i]
+                ci = c[s, i]
+                for j in range(n2):
+                    Z[i, j] = (ci * e[s, j]) / (ONE - ai * b[s, j])
+            for j in range(n2):                       # Z <- L1^-1 Z (columns)
+                for i in range(n1):
+                    t = Z[i, j]
+                    for k in range(i):
+                        t -= L1[i, k] * Z[k, j]
+                    Z[i, j] = t / L1[i, i]
+            for i in range(n1):                       # Z <- Z L2^-T (rows)
+                for j in range(n2):
+                    t = Z[i, j]
+                    for k in range(j):
+                        t -= L2[j, k] * Z[i, k]
+                    Z[i, j] = t / L2[j, j]
+            if variant == 0:
+                fro = ZERO
+                for i in range(n1):
+                    for j in range(n2):
+                        fro += Z[i, j] * Z[i, j]
+                kk = n1 if n1 < n2 else n2
+                d[s] = DT(kk) - fro
+            else:
+                if n1 <= n2:                          # W = Z Z^T (n1 x n1) into L1
+                    kk = n1
+                    for i in range(n1):
+                        for k in range(i + 1):
+                            t = ZERO
+                            for j in range(n2):
+                                t += Z[i, j] * Z[k, j]
+                            L1[i, k] = t
+                else:                                 # W = Z^T Z (n2 x n2) into L1
+                    kk = n2
+                    for j in range(n2):
+                        for l2 in range(j + 1):
+                            t = ZERO
+                            for i in range(n1):
+                                t += Z[i, j] * Z[i, l2]
+                            L1[j, l2] = t
+                if chol(L1, kk):
+                    ld = ZERO
+                    for i in range(kk):
+                        ld += math.log(L1[i, i])
+                    d[s] = -TWO * ld
+                else:
+                    d[s] = INF                        # a cosine 0: -log 0
+            s += stride
+
+    def iss_mamba(delta, A_log, Cm, bias, a_out, c_out, has_bias, none_mode, squash):
+        """One thread per (b, l, j) looping over the channels d (grid-stride)."""
+        B = delta.shape[0]
+        D = delta.shape[1]
+        L = delta.shape[2]
+        n = A_log.shape[1]
+        total = B * L * n
+        idx = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while idx < total:
+            j = idx % n
+            bl = idx // n
+            l = bl % L
+            bi = bl // L
+            acc = ZERO
+            for dd in range(D):
+                x = delta[bi, dd, l]
+                if has_bias != 0:
+                    x += bias[dd]
+                ax = abs(x)
+                dt = (x if x > ZERO else ZERO) + math.log1p(math.exp(-ax))
+                v = math.exp(dt * -math.exp(A_log[dd, j]))
+                if none_mode != 0:
+                    if squash != 0:
+                        v = math.tanh(v / TWO)
+                    a_out[bl, dd, j] = v
+                else:
+                    acc += v
+            if none_mode == 0:
+                v = acc / DT(D)
+                if squash != 0:
+                    v = math.tanh(v / TWO)
+                a_out[bl, 0, j] = v
+            cv = Cm[bi, j, l]
+            if squash != 0:
+                cv = math.tanh(cv / TWO)
+            c_out[bl, j] = cv
+            idx += stride
+
+    def iss_copy(src, dst, off):
+        """``dst[off + r, k] = src[r, k]`` (grid-stride)."""
+        n = src.shape[1]
+        total = src.shape[0] * n
+        idx = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while idx < total:
+            r = idx // n
+            dst[off + r, idx % n] = src[r, idx % n]
+            idx += stride
+
+    def iss_scan_stats(Xn, Xo, out):
+        """One block per scan s: ``out[s] = (sum (new - old)^2, count of not-allclose)``."""
+        red = cuda.shared.array(ISS_RED, NB)
+        s = cuda.blockIdx.x
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        Kn = Xn.shape[1]
+        sq = ZERO
+        bad = ZERO
+        k = t
+        while k < Kn:
+            y = Xo[s, k]
+            df = Xn[s, k] - y
+            sq += df * df
+            if not (abs(df) <= AC_ATOL + AC_RTOL * abs(y)):
+                bad += ONE
+            k += nt
+        sq = block_sum(red, t, nt, sq)
+        bad = block_sum(red, t, nt, bad)
+        if t == 0:
+            out[s, 0] = sq
+            out[s, 1] = bad
+
+    def iss_scan_sum(X, out):
+        """One block per row s: ``out[s] = sum_k X[s, k]``."""
+        red = cuda.shared.array(ISS_RED, NB)
+        s = cuda.blockIdx.x
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        acc = ZERO
+        k = t
+        while k < X.shape[1]:
+            acc += X[s, k]
+            k += nt
+        acc = block_sum(red, t, nt, acc)
+        if t == 0:
+            out[s] = acc
+
+    def iss_reg_scale(sa, sc, scale, coef, shortcut):
+        """``scale[s] = 0`` for a shortcut scan (a and c allclose), else ``coef``."""
+        s = cuda.grid(1)
+        if s < scale.shape[0]:
+            flag = shortcut != 0 and sa[s, 1] == ZERO and sc[s, 1] == ZERO
+            scale[s] = ZERO if flag else coef
+
+    def iss_reg_loss(sa, sc, dsum, loss, lam, cnt, nscan, mode, shortcut):
+        """One thread: ``loss = lam * sum_s where(allclose_s, 0, L_s) / S``; mode 0 (inf_ssm)
+        ``L_s = dsum_s / m``, mode 1 (mse) ``L_s = sa_s / (m n) + sc_s / (m n)``."""
+        if cuda.grid(1) == 0:
+            tot = ZERO
+            for s in range(sa.shape[0]):
+                flag = shortcut != 0 and sa[s, 1] == ZERO and sc[s, 1] == ZERO
+                if not flag:
+                    if mode == 0:
+                        tot += dsum[s] / cnt
+                    else:
+                        tot += sa[s, 0] / cnt + sc[s, 0] / cnt
+            loss[0] = lam * tot / nscan
+
+    def iss_mse_grad(Xn, Xo, scale, out, rows_per):
+        """``out[r, k] = scale[r // rows_per] * 2 (new - old)`` (exact 0 where the scale is 0)."""
+        n = Xn.shape[1]
+        total = Xn.shape[0] * n
+        idx = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while idx < total:
+            r = idx // n
+            k = idx % n
+            g = scale[r // rows_per]
+            if g == ZERO:
+                out[r, k] = ZERO
+            else:
+                out[r, k] = g * (TWO * (Xn[r, k] - Xo[r, k]))
+            idx += stride
+
     return {
         "__tile__": TS,
         "fill1d": fill1d,
@@ -2102,4 +2545,16 @@ def _build(dtype: str) -> dict:
         "ct_tis_tok": ct_tis_tok,
         "ct_tis_rows": ct_tis_rows,
         "ct_tis_grad": ct_tis_grad,
+        "iss_stats": iss_stats,
+        "iss_gram": iss_gram,
+        "iss_code": iss_code,
+        "iss_code_grad": iss_code_grad,
+        "iss_principled": iss_principled,
+        "iss_mamba": iss_mamba,
+        "iss_copy": iss_copy,
+        "iss_scan_stats": iss_scan_stats,
+        "iss_scan_sum": iss_scan_sum,
+        "iss_reg_scale": iss_reg_scale,
+        "iss_reg_loss": iss_reg_loss,
+        "iss_mse_grad": iss_mse_grad,
     }

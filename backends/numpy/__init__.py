@@ -10,6 +10,9 @@ from refimpl.cross_tokenizer import (  # noqa: F401
     dwa_dtw_loss_grad, dwa_gamma, dwa_kd_loss, entropy_weights, kd_divergence, kd_divergence_grad,
     kd_gate, span_align, span_sum, span_weights, tis_dpo_loss, tis_dpo_loss_grad,
 )
+from refimpl.inf_ssm import (infssm_distance, infssm_distance_grad, infssm_reg_loss,  # noqa: F401
+                             infssm_reg_loss_grad, mamba_ac_from_scan, stein_cross_gram_dense,
+                             stein_cross_gram_diag, stein_gram_diag)
 from refimpl.ot import (emd, emd_grad, pairwise_cost, sinkhorn, sinkhorn_cost,  # noqa: F401
                         sinkhorn_cost_grad, sinkhorn_divergence, sinkhorn_log)
 from refimpl.preference import (dpo_loss, dpo_loss_grad, linear_dpo_loss,  # noqa: F401

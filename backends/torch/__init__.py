@@ -131,6 +131,10 @@ from backends.torch.cross_tokenizer import (  # noqa: E402
     dwa_dtw_loss_grad, dwa_gamma, dwa_kd_loss, entropy_weights, kd_divergence,
     kd_divergence_grad, kd_gate, span_sum, span_weights, tis_dpo_loss, tis_dpo_loss_grad,
 )
+from backends.torch.inf_ssm import (  # noqa: E402
+    infssm_distance, infssm_distance_grad, infssm_reg_loss, infssm_reg_loss_grad,
+    mamba_ac_from_scan, stein_cross_gram_diag, stein_gram_diag,
+)
 from backends.torch.ot import (  # noqa: E402
     emd, emd_grad, pairwise_cost, sinkhorn, sinkhorn_cost, sinkhorn_cost_grad,
     sinkhorn_divergence, sinkhorn_log,
@@ -157,4 +161,6 @@ __all__ = [
     "cma_align", "cma_band_penalty", "dwa_gamma", "dwa_dtw_loss", "dwa_dtw_loss_grad",
     "dwa_kd_loss", "span_sum", "span_weights", "ctpd_loss", "ctpd_loss_grad", "tis_dpo_loss",
     "tis_dpo_loss_grad",
+    "stein_gram_diag", "stein_cross_gram_diag", "infssm_distance", "infssm_distance_grad",
+    "mamba_ac_from_scan", "infssm_reg_loss", "infssm_reg_loss_grad",
 ]
