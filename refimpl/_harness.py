@@ -141,7 +141,8 @@ def compare_arrays(got, want, rtol: float, atol: float) -> tuple[float, float, b
     if got.shape != want.shape:
         return math.inf, math.inf, False
     nan_ok = np.array_equal(np.isnan(got), np.isnan(want))
-    inf_ok = np.array_equal(np.isinf(want) * np.sign(want), np.isinf(got) * np.sign(got))
+    inf_ok = np.array_equal(np.where(np.isinf(want), np.sign(want), 0.0),  # NaN-safe signs
+                            np.where(np.isinf(got), np.sign(got), 0.0))
     finite = np.isfinite(want) & np.isfinite(got)
     diff = np.abs(got[finite] - want[finite])
     scale = np.abs(want[finite])

@@ -16,6 +16,8 @@ from typing import Callable, Mapping
 import numpy as np
 
 from refimpl._cases import Case
+from refimpl._cases import causal_graph as _cg
+from refimpl._cases import causal_score as _cs
 from refimpl._cases import ctpd as _ct
 from refimpl._cases import dwa_kd as _dk
 from refimpl._cases import inf_ssm as _is
@@ -180,6 +182,19 @@ OPS: tuple[Op, ...] = (
     Op("infssm_reg_loss_grad", "inf_ssm", _is.PAPER, ("loss", "da_new", "dc_new"),
        _is.cases_infssm_reg_loss, _is.TOL, grad_of="infssm_reg_loss",
        doc="the regulariser and its gradient w.r.t. the new pairs"),
+    Op("discrete_score_plugin", "causal_discrete", _cs.PAPER, ("S",),
+       _cs.cases_discrete_score_plugin, _cs.TOL, dtypes=("float64",),
+       doc="plug-in discrete score 1/p_hat(y | x_-i), Dirichlet pseudo-count, NaN-padded"),
+    Op("gsm_marginal_loss", "causal_discrete", _cs.PAPER, ("J",), _cs.cases_gsm_marginal_loss,
+       _cs.TOL, doc="generalised score-matching loss mean_r sum_i [s_i^2 - 2 sum_y s_i(y, x_-i)]"),
+    Op("leaf_statistic", "causal_discrete", _cs.PAPER, ("stat",), _cs.cases_leaf_statistic,
+       _cs.TOL, doc="leaf statistic per node (invariance of sum_y s, entropy, score variance)"),
+    Op("ci_test_batch", "causal_discrete", _cg.PAPER, ("stat", "dof", "pvalue"),
+       _cg.cases_ci_test_batch, _cg.TOL, dtypes=("float64",),
+       doc="G² / chi² tests of X_i against each candidate given a set, batched"),
+    Op("stein_hessian_diag", "causal_discrete", _cg.SCORE_PAPER, ("H",),
+       _cg.cases_stein_hessian_diag, _cg.TOL_STEIN,
+       doc="SCORE's Stein estimate of diag Hessian of log p (Cholesky solves)"),
 )
 
 REGISTRY: dict[str, Op] = {op.name: op for op in OPS}

@@ -1002,3 +1002,262 @@ def gram_not_positive_definite(name: str, eps: float) -> ValueError:
                       f"Gram of a diagonal system is D_c K D_c with the Cauchy matrix "
                       f"K_ij = 1/(1 - a_i a_j), badly conditioned for clustered a or a zero "
                       f"c_i; use eps > 0 (Tikhonov regularisation) or variant='code'")
+
+
+# --------------------------------------------------------------------------- causal discovery (discrete score)
+
+LEAF_CRITERIA = ("invariance_sum", "invariance_entropy", "var_score")
+CI_TESTS = ("g2", "chi2")
+CI_DF = ("adjusted", "full")
+_INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+
+
+def _default_colrange(X) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(X.min(0)), np.asarray(X.max(0))
+
+
+def discrete_data(X, cards, name: str = "X", colrange: Callable | None = None,
+                  allow_constant: bool = True) -> tuple[int, int, np.ndarray]:
+    """Discrete data ``X`` (n, d) of integer codes with cardinalities ``cards`` (d,).
+
+    ``X``: an integer array (any signed/unsigned width; bool and float are refused with a
+    TypeError naming ``name``), 2-D, n >= 1, d >= 1. ``cards``: a list or 1-D integer array of
+    length d (host values), each >= 2. Values ``0 <= X[:, i] < cards[i]``, checked from
+    ``colrange(X) -> (mins (d,), maxs (d,))`` NumPy arrays (default NumPy's ``X.min(0)``,
+    ``X.max(0)``; GPU backends compute them on the device and read back 2 d integers, once).
+    With ``allow_constant=False`` a column with min == max is a ValueError naming it.
+    Returns ``(n, d, cards as an int64 NumPy array)``."""
+    if not hasattr(X, "shape") or not hasattr(X, "dtype"):
+        raise TypeError(f"{name} must be an integer array (n, d), got {type(X).__name__}")
+    dt = dtype_name(X)
+    if dt == "bool":
+        raise TypeError(f"{name} must have an integer dtype (category codes 0..K-1), got bool; "
+                        f"convert with {name}.astype(int)")
+    if dt not in _INT_DTYPES:
+        raise TypeError(f"{name} must have an integer dtype (category codes 0..K-1), got {dt}")
+    if len(X.shape) != 2:
+        raise ValueError(f"{name} must be 2-D (n, d), got shape {tuple(X.shape)}")
+    n, d = int(X.shape[0]), int(X.shape[1])
+    if n < 1 or d < 1:
+        raise ValueError(f"{name} must have at least one row and one column, got shape {(n, d)}")
+    if isinstance(cards, (bool, np.bool_)) or not hasattr(cards, "__len__"):
+        raise TypeError(f"cards must be a list or 1-D integer array of length {d}, got "
+                        f"{type(cards).__name__}")
+    c = np.asarray(cards)
+    if c.dtype.kind not in "iu":
+        raise TypeError(f"cards must hold integers (the number of categories per column), got "
+                        f"dtype {c.dtype}")
+    if c.shape != (d,):
+        raise ValueError(f"cards must have length d = {d} (one per column of {name}), got shape "
+                         f"{c.shape}")
+    c = c.astype(np.int64)
+    if (c < 2).any():
+        i = int(np.flatnonzero(c < 2)[0])
+        raise ValueError(f"cards must be >= 2 (a variable with one category carries no "
+                         f"information), got cards[{i}] = {int(c[i])}")
+    mins, maxs = (colrange or _default_colrange)(X)
+    mins, maxs = np.asarray(mins).astype(np.int64), np.asarray(maxs).astype(np.int64)
+    if (mins < 0).any():
+        i = int(np.flatnonzero(mins < 0)[0])
+        raise ValueError(f"{name} must hold codes in [0, cards[i]); column {i} has a negative "
+                         f"value {int(mins[i])}")
+    if (maxs >= c).any():
+        i = int(np.flatnonzero(maxs >= c)[0])
+        raise ValueError(f"{name} must hold codes in [0, cards[i]); column {i} has the value "
+                         f"{int(maxs[i])} >= cards[{i}] = {int(c[i])}")
+    if not allow_constant and (mins == maxs).any():
+        i = int(np.flatnonzero(mins == maxs)[0])
+        raise ValueError(f"{name} column {i} is constant: it carries no information; drop it")
+    return n, d, c
+
+
+def score_array(S_all, n: int, d: int, Kmax: int, name: str = "S_all") -> None:
+    """A per-category score array: float32/float64, shape (n, d, Kmax) (NaN-padded beyond
+    K_i; values are not read)."""
+    float_array(S_all, name, ndims=(3,))
+    if tuple(int(s) for s in S_all.shape) != (n, d, Kmax):
+        raise ValueError(f"{name} must have shape (n, d, Kmax) = {(n, d, Kmax)} (X's rows and "
+                         f"columns, Kmax = max(cards)), got {tuple(S_all.shape)}")
+
+
+def leaf_criterion(criterion) -> str:
+    return choice(criterion, "criterion", LEAF_CRITERIA)
+
+
+def _default_wstats(w) -> tuple[bool, float, float]:
+    return bool((abs(w) < math.inf).all()), float(w.min()), float(w.sum())
+
+
+def row_weights(weights, n: int, like, name: str = "weights", stats: Callable | None = None) -> None:
+    """Optional row weights: None, or a float array (n,) of ``like``'s dtype, finite, >= 0,
+    with a positive sum (they are normalised). ``stats(w) -> (all finite, min, sum)`` is
+    computed natively (default NumPy; GPU backends: one read of three scalars)."""
+    if weights is None:
+        return
+    float_array(weights, name, ndims=(1,))
+    same_dtype("S_all", like, name, weights)
+    if int(weights.shape[0]) != n:
+        raise ValueError(f"{name} must have shape ({n},) (one per row of X), got "
+                         f"{tuple(weights.shape)}")
+    ok, lo, tot = (stats or _default_wstats)(weights)
+    if not ok:
+        raise ValueError(f"{name} contains NaN or inf")
+    if lo < 0:
+        raise ValueError(f"{name} must be >= 0, got a minimum of {lo}")
+    if not tot > 0:
+        raise ValueError(f"{name} must have a positive sum (they are normalised), got {tot}")
+
+
+def ci_args(d: int, i, candidates, cond, test, df, n: int,
+            to_numpy: Callable = np.asarray) -> tuple[int, np.ndarray, tuple]:
+    """Arguments of a conditional-independence test of X_i vs X_c | X_cond for c in
+    ``candidates``: indices in [0, d), ``i`` not in candidates or cond, candidates disjoint
+    from cond and without repeats, ``test`` in ("g2", "chi2"), ``df`` in ("adjusted", "full"),
+    n >= 2 rows. ``candidates``: an int, a sequence or a 1-D integer array (read with
+    ``to_numpy``). Returns ``(i, candidates int64 (k,), cond tuple of ints)``."""
+    def index(v, what):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{what} must be an int column index, got {type(v).__name__}")
+        if not 0 <= int(v) < d:
+            raise ValueError(f"{what} must be a column index in [0, {d}), got {int(v)}")
+        return int(v)
+
+    i = index(i, "i")
+    cand = np.atleast_1d(np.asarray(to_numpy(candidates)))
+    if cand.ndim != 1 or (cand.size and cand.dtype.kind not in "iu"):
+        raise TypeError(f"candidates must be an int or a 1-D sequence of int column indices, got "
+                        f"dtype {cand.dtype} and shape {cand.shape}")
+    cand = np.array([index(c, "candidates entry") for c in cand.tolist()], dtype=np.int64)
+    if isinstance(cond, numbers.Integral) and not isinstance(cond, (bool, np.bool_)):
+        cond = (cond,)
+    cond = tuple(index(c, "cond entry") for c in cond)
+    if len(set(cand.tolist())) != cand.size:
+        raise ValueError(f"candidates must not repeat a column, got {cand.tolist()}")
+    if len(set(cond)) != len(cond):
+        raise ValueError(f"cond must not repeat a column, got {list(cond)}")
+    if i in cand.tolist() or i in cond:
+        raise ValueError(f"i = {i} must not be among candidates or cond")
+    both = sorted(set(cand.tolist()) & set(cond))
+    if both:
+        raise ValueError(f"candidates and cond must be disjoint, both contain {both}")
+    choice(test, "test", CI_TESTS)
+    choice(df, "df", CI_DF)
+    if n < 2:
+        raise ValueError(f"X must have at least 2 rows for a test, got {n}")
+    return i, cand, cond
+
+
+# --------------------------------------------------------------------------- causal discovery: graphs, orders, SCORE's Stein kernel
+
+
+def graph_adjacency(A, name: str, d: int | None = None, acyclic: bool = False,
+                    no_two_cycles: bool = False) -> np.ndarray:
+    """An adjacency matrix (host NumPy): square (d, d), integer or bool dtype with 0/1 entries
+    (``A[i, j] = 1`` means i -> j), no self-loops; ``acyclic`` requires a DAG, ``no_two_cycles``
+    refuses ``A[i, j] = A[j, i] = 1``. Returns it as int64."""
+    if not hasattr(A, "shape") or not hasattr(A, "dtype"):
+        raise TypeError(f"{name} must be an adjacency array (d, d), got {type(A).__name__}")
+    A = np.asarray(A)
+    if A.dtype.kind not in "iub":
+        raise TypeError(f"{name} must be an integer or bool 0/1 adjacency matrix, got dtype "
+                        f"{A.dtype}")
+    if A.ndim != 2 or A.shape[0] != A.shape[1]:
+        raise ValueError(f"{name} must be a square (d, d) adjacency matrix, got shape {A.shape}")
+    if d is not None and A.shape[0] != d:
+        raise ValueError(f"{name} must have shape ({d}, {d}), got {A.shape}")
+    A = A.astype(np.int64)
+    if ((A != 0) & (A != 1)).any():
+        raise ValueError(f"{name} must hold only 0 and 1 (A[i, j] = 1 means i -> j)")
+    if np.diagonal(A).any():
+        i = int(np.flatnonzero(np.diagonal(A))[0])
+        raise ValueError(f"{name} must have no self-loops, got {name}[{i}, {i}] = 1")
+    if no_two_cycles and (A * A.T).any():
+        i, j = (int(v) for v in np.argwhere(A * A.T)[0])
+        raise ValueError(f"{name} has the 2-cycle {i} <-> {j}: every pair must have at most one "
+                         f"directed edge")
+    if acyclic:
+        indeg = A.sum(0)
+        alive = np.ones(A.shape[0], dtype=bool)
+        while True:                                    # Kahn: peel nodes without parents
+            src = np.flatnonzero(alive & (indeg == 0))
+            if src.size == 0:
+                break
+            alive[src] = False
+            indeg = indeg - A[src].sum(0)
+        if alive.any():
+            raise ValueError(f"{name} must be acyclic (a DAG); nodes {np.flatnonzero(alive).tolist()} "
+                             f"lie on or downstream of a directed cycle")
+    return A
+
+
+def graph_order(order, d: int, name: str = "order") -> np.ndarray:
+    """A causal order: a 1-D integer sequence that is a permutation of 0..d-1 (sources first).
+    Returns it as int64."""
+    o = np.asarray(order)
+    if o.ndim != 1 or (o.size and o.dtype.kind not in "iu"):
+        raise TypeError(f"{name} must be a 1-D sequence of int node indices, got dtype {o.dtype} "
+                        f"and shape {o.shape}")
+    o = o.astype(np.int64)
+    if o.size != d or not np.array_equal(np.sort(o), np.arange(d)):
+        raise ValueError(f"{name} must be a permutation of 0..{d - 1} (every node once), got "
+                         f"{o.tolist()}")
+    return o
+
+
+def graph_alpha(alpha) -> float:
+    """A significance level strictly inside (0, 1)."""
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+        raise TypeError(f"alpha must be a real number in (0, 1), got {type(alpha).__name__}")
+    a = float(alpha)
+    if not 0.0 < a < 1.0:
+        raise ValueError(f"alpha must be in (0, 1) (a significance level), got {a}")
+    return a
+
+
+def graph_reversal_cost(v) -> int:
+    """SHD's cost of a reversed edge: 1 or 2."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or int(v) not in (1, 2):
+        raise ValueError(f"reversal_cost must be 1 (a reversal counts once) or 2 "
+                         f"(= sum |A_true - A_hat|), got {v!r}")
+    return int(v)
+
+
+def _default_finite(x) -> bool:
+    return bool(np.isfinite(np.asarray(x)).all())
+
+
+def stein_args(X, eta_G, eta_H, finite: Callable | None = None) -> tuple[int, int, float, float]:
+    """``stein_hessian_diag``: X float32/float64 (n, d), n >= 2, d >= 1, finite (``finite(X)``
+    computed natively, default NumPy); eta_G, eta_H finite > 0. Returns ``(n, d, eta_G, eta_H)``."""
+    float_array(X, "X", ndims=(2,))
+    n, d = int(X.shape[0]), int(X.shape[1])
+    if n < 2 or d < 1:
+        raise ValueError(f"X must have at least 2 rows (samples) and 1 column, got shape {(n, d)}")
+    eta_G = positive_float(eta_G, "eta_G")
+    eta_H = positive_float(eta_H, "eta_H")
+    if not (finite or _default_finite)(X):
+        raise ValueError("X contains NaN or inf")
+    return n, d, eta_G, eta_H
+
+
+def stein_bandwidth(s: float) -> None:
+    """The median pairwise distance must be > 0 (more than half of the pairs coincide else)."""
+    if not s > 0:
+        raise ValueError(f"the median pairwise distance of X is {s}: at least half of the sample "
+                         f"pairs coincide, so the kernel bandwidth is 0")
+
+
+def stein_not_positive_definite(name: str, eta: float) -> ValueError:
+    """A failed Cholesky of ``K + eta I`` in ``stein_hessian_diag``."""
+    return ValueError(f"K + {name} I is not numerically positive definite ({name} = {eta}); "
+                      f"use a larger {name}")
+
+
+def full_dof(kx: int, ky: int, n_strata: int) -> int:
+    """Degrees of freedom of a CI test with ``df="full"``: ``(K_x - 1)(K_y - 1) prod K_Z``
+    (``n_strata = prod K_Z``), refused beyond int64."""
+    dof = (kx - 1) * (ky - 1) * n_strata
+    if dof >= 2**63:
+        raise ValueError(f"df='full' has {dof} degrees of freedom, beyond int64; use "
+                         f"df='adjusted' or fewer conditioning variables")
+    return dof

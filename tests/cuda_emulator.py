@@ -14,6 +14,7 @@ Use :func:`build` (memoised per process: the test files share one build) for the
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import importlib
@@ -231,8 +232,12 @@ class Smem:
 def patch_backend(monkeypatch, emulator: Emulator) -> types.SimpleNamespace:
     """Every module of ``backends.cupy`` with NumPy for CuPy and the emulator for the GPU:
     ``SimpleNamespace(sd=softdtw, ot=ot, pref=preference, ct=cross_tokenizer, iss=inf_ssm,
-    calls=emulator.calls)``."""
+    cd=causal_discrete, calls=emulator.calls)``."""
+    import scipy.linalg
+    import scipy.special
+
     import backends.cupy as package
+    import backends.cupy.causal_discrete as bcd
     import backends.cupy.cross_tokenizer as bct
     import backends.cupy.inf_ssm as biss
     import backends.cupy.ot as bot
@@ -241,11 +246,14 @@ def patch_backend(monkeypatch, emulator: Emulator) -> types.SimpleNamespace:
 
     fake = _NumpyAsCupy()
     monkeypatch.setattr(package, "cupy", fake)  # is_native (the mixed-backend check) lives here
-    for mod in (bsd, bot, bpref, bct, biss):
+    for mod in (bsd, bot, bpref, bct, biss, bcd):
         monkeypatch.setattr(mod, "cupy", fake)
+    # cupyx.scipy (special, linalg, errstate) of the causal module: SciPy, no error state
+    monkeypatch.setattr(bcd, "_library", lambda: (scipy.special, scipy.linalg,
+                                                  lambda **kw: contextlib.nullcontext()))
     monkeypatch.setattr(K, "launch", emulator.launch)
     monkeypatch.setattr(K, "dynamic_smem_limit", lambda name: Smem.limit)
     monkeypatch.setattr(K, "reserve_dynamic_smem", lambda name, nbytes: None)
     emulator.calls.clear()
-    return types.SimpleNamespace(sd=bsd, ot=bot, pref=bpref, ct=bct, iss=biss,
+    return types.SimpleNamespace(sd=bsd, ot=bot, pref=bpref, ct=bct, iss=biss, cd=bcd,
                                  calls=emulator.calls)

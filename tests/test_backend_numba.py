@@ -293,11 +293,13 @@ def test_sim_every_launch_matches_a_compiled_signature(nb, monkeypatch, dtype):
         bad = [(i, str(g), str(w)) for i, (g, w) in enumerate(zip(argtypes, declared))
                if not conforms(g, w)]
         assert not bad, f"{name}[{dt}] launched with argument types not in its signature: {bad}"
-    # the preference family's pref_* kernels, the cross-tokenizer family's ct_* kernels and
-    # the Inf-SSM family's iss_* kernels have their own launch checks in
-    # tests/test_backend_numba_preference.py, tests/test_backend_numba_cross_tokenizer.py and
-    # tests/test_backend_numba_inf_ssm.py
-    listed = {name for name in K._SIGNATURES if not name.startswith(("pref_", "ct_", "iss_"))}
+    # the preference family's pref_* kernels, the cross-tokenizer family's ct_* kernels,
+    # the Inf-SSM family's iss_* kernels and the causal-discovery cd_* kernels have their own
+    # launch checks in tests/test_backend_numba_preference.py,
+    # tests/test_backend_numba_cross_tokenizer.py, tests/test_backend_numba_inf_ssm.py and
+    # tests/test_backend_numba_causal_discrete.py
+    listed = {name for name in K._SIGNATURES
+              if not name.startswith(("pref_", "ct_", "iss_", "cd_"))}
     assert {name for name, _, _ in K.RECORD} == listed, "a listed kernel never ran"
 
 

@@ -74,7 +74,8 @@ def test_probing_and_importing_backends_allocate_nothing_on_a_device():
 
 
 # Families whose issue promised every backend: a backend missing one of their ops is a bug.
-COMPLETE_FAMILIES = ("softdtw", "ot", "preference", "cross_tokenizer", "inf_ssm")
+COMPLETE_FAMILIES = ("softdtw", "ot", "preference", "cross_tokenizer", "inf_ssm",
+                     "causal_discrete")
 
 
 @pytest.mark.parametrize("name", ["numpy", "torch", "cupy", "numba_cuda"])
@@ -142,6 +143,10 @@ def test_compare_arrays_catches_errors_infinities_and_nans():
     assert not H.compare_arrays(np.array([1.0, np.inf, np.nan]), a, 1, 1)[2]
     assert not H.compare_arrays(np.ones(2), np.ones(3), 1, 1)[2]
     assert H.compare_arrays(50, 50, 0, 0)[2] and not H.compare_arrays(50, 49, 0, 0)[2]
+    padded = np.array([1.0, np.nan, -np.inf])           # NaN padding matched where expected
+    assert H.compare_arrays(padded.copy(), padded, 0, 0)[2]
+    assert not H.compare_arrays(np.array([1.0, 0.0, -np.inf]), padded, 1, 1)[2]
+    assert not H.compare_arrays(np.array([1.0, np.nan, np.inf]), padded, 1, 1)[2]
 
 
 def test_bf16_rounding_is_round_to_nearest_even():

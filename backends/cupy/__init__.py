@@ -16,7 +16,10 @@ fused per-row softmax kernels, a float64-atomic segment sum, CuPy glue and the S
 backend (it reads masks, labels and segment ids on the host for validation); the Inf-SSM family
 (``inf_ssm.py``: Stein Grams, the observability-subspace distance as a fused thread-per-system
 kernel with its gradient, the Mamba (a, c) extraction kernel, the regulariser over all scans in
-one launch; one small device-to-host read per call for the value checks). Exact OT (``emd``, ``emd_grad``) is an explicit host solve
+one launch; one small device-to-host read per call for the value checks); the discrete-score
+causal-discovery family (``causal_discrete.py``: the plug-in score, leaf statistic, GSM loss and
+batched G²/chi² tests by sorts of int64 keys and atomic-free segment-count kernels, SCORE's
+Stein Hessian by cuBLAS and cuSOLVER; one small read per call). Exact OT (``emd``, ``emd_grad``) is an explicit host solve
 (the reference on copies of the inputs), its results returned on the device.
 
 Importing this package imports CuPy and NumPy only: no CUDA context is created, nothing is
@@ -93,6 +96,9 @@ def describe() -> str:
 
 
 # The op modules import nothing from this package's namespace above; they are plain imports.
+from backends.cupy.causal_discrete import (  # noqa: E402
+    ci_test_batch, discrete_score_plugin, gsm_marginal_loss, leaf_statistic, stein_hessian_diag,
+)
 from backends.cupy.cross_tokenizer import (  # noqa: E402
     certainty_weights, cma_band_penalty, ctpd_loss, ctpd_loss_grad, dwa_dtw_loss,
     dwa_dtw_loss_grad, entropy_weights, kd_divergence, kd_divergence_grad, kd_gate, span_sum,
@@ -129,4 +135,6 @@ __all__ = [
     "ctpd_loss", "ctpd_loss_grad", "tis_dpo_loss", "tis_dpo_loss_grad",
     "stein_gram_diag", "stein_cross_gram_diag", "infssm_distance", "infssm_distance_grad",
     "mamba_ac_from_scan", "infssm_reg_loss", "infssm_reg_loss_grad",
+    "discrete_score_plugin", "gsm_marginal_loss", "leaf_statistic", "ci_test_batch",
+    "stein_hessian_diag",
 ]

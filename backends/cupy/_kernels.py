@@ -1081,6 +1081,228 @@ __device__ __forceinline__ void iss_mamba_mean(const T* __restrict__ x, const T*
 }
 """
 
+_CAUSAL_DISCRETE = r"""
+// ---------------------------------------------------------------- causal discrete (causal_discrete.md sec. 1, 2, 4, 8)
+// Counting by sorting: the glue sorts int64 keys (cupy.sort / cupy.argsort, CUB radix sort);
+// these kernels read the SORTED keys and find every count they need by lower bounds in that
+// array (galloping from the thread's own position, then a binary search). No atomics, no
+// shared-memory tables, no per-thread arrays: any number of categories, segments of any
+// length (a segment may span any number of blocks; every thread reads global memory).
+//
+// cd_lower_bound(a, lo, hi, v): first p in [lo, hi) with a[p] >= v, hi if none (a ascending).
+// cd_gallop(a, n, t, v): first p in [0, n] with a[p] >= v, searched outwards from t with
+// steps 1, 2, 4, ... then a binary search: O(log |p - t|) reads, all near t (a singleton
+// segment costs one read per bound).
+
+__device__ __forceinline__ long long cd_lower_bound(const long long* __restrict__ a, long long lo,
+                                                     long long hi, long long v) {
+  while (lo < hi) {
+    const long long mid = lo + ((hi - lo) >> 1);
+    if (a[mid] < v) lo = mid + 1; else hi = mid;
+  }
+  return lo;
+}
+
+__device__ __forceinline__ long long cd_gallop(const long long* __restrict__ a, long long n,
+                                               long long t, long long v) {
+  if (v <= a[t]) {                       // answer in [0, t]; invariant a[hi] >= v
+    long long hi = t, step = 1, lo = t - 1;
+    while (lo >= 0 && a[lo] >= v) { hi = lo; step <<= 1; lo = t - step; }
+    if (lo < -1) lo = -1;
+    return cd_lower_bound(a, lo + 1, hi, v);
+  }
+  long long lo = t, step = 1, hi = t + 1; // answer in (t, n]; invariant a[lo] < v
+  while (hi < n && a[hi] < v) { lo = hi; step <<= 1; hi = t + step; }
+  if (hi > n) hi = n;
+  return cd_lower_bound(a, lo + 1, hi, v);
+}
+
+// Plug-in keys of node i from the mixed-radix row codes (code < prod K < 2^62,
+// code = sum_k X[r, k] stride_k, stride_k = prod_{l > k} K_l): digit x_i = (code / stride) % K
+// is removed and appended as the least significant digit,
+//   key2 = (hi * stride + lo) * K + x_i,   hi = code / (stride K),  lo = code % stride,
+// so key2 < prod K, rows with equal x_-i are consecutive after sorting and ordered by x_i
+// inside their segment. packn > 0: key2 * packn + r (the row index rides along: one keys-only
+// sort; the glue checks prod K * n < 2^63).
+template <typename T>
+__device__ __forceinline__ void cd_keys(const long long* __restrict__ code, long long n,
+                                        long long stride, int K, long long packn,
+                                        long long* __restrict__ out) {
+  const long long step = (long long)gridDim.x * blockDim.x;
+  for (long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x; r < n; r += step) {
+    const long long c = code[r];
+    const long long q = c / stride;
+    const long long hi = q / K;
+    const long long xi = q - hi * K;
+    const long long key = ((hi * stride + (c - q * stride)) * K) + xi;
+    out[r] = packn ? key * packn + r : key;
+  }
+}
+
+// Plug-in score of node `col` (spec sec. 1): one thread per SORTED position t (grid-stride).
+// sk: the n sorted keys key2 = g K + x (packed with the row when packn > 0, else perm[t] is the
+// row). The thread's segment (rows with the same x_-i pattern g) is [lb(g K), lb(g K + K)) and
+// the count of category y in it is lb(g K + y + 1) - lb(g K + y) (K + 1 lower bounds, galloping
+// from t). It writes the whole row S[row, col, :]:
+//   p_hat = (N(y, x_-i) + alpha) / (N(x_-i) + alpha K),  S = 1 / p_hat   (y < K)
+//   concrete: S_obs / S - 1  (S_obs at y = x_i),  NaN for K <= y < Kmax.
+// Same operations in the same order as the reference (p_hat then its reciprocal).
+template <typename T>
+__device__ __forceinline__ void cd_plugin(const long long* __restrict__ sk,
+                                          const long long* __restrict__ perm, long long n,
+                                          long long packn, int K, int Kmax, int d, int col,
+                                          T alpha, int concrete, T* __restrict__ S) {
+  const long long scale = packn ? packn : 1;
+  const long long step = (long long)gridDim.x * blockDim.x;
+  for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < n; t += step) {
+    const long long v = sk[t];
+    const long long key = packn ? v / packn : v;
+    const long long row = packn ? v - key * packn : perm[t];
+    const long long g = key / K;
+    const int x = (int)(key - g * K);
+    const long long base = g * K;
+    const long long lo = cd_gallop(sk, n, t, base * scale);
+    const long long hi = cd_gallop(sk, n, t, (base + K) * scale);
+    const T tot = (T)(hi - lo) + alpha * (T)K;
+    T s_obs = (T)0;
+    if (concrete) {
+      const long long a = cd_gallop(sk, n, t, (base + x) * scale);
+      const long long b = cd_gallop(sk, n, t, (base + x + 1) * scale);
+      s_obs = (T)1 / (((T)(b - a) + alpha) / tot);
+    }
+    T* out = S + (row * d + col) * (long long)Kmax;
+    long long prev = lo;
+    for (int y = 0; y < K; ++y) {
+      const long long nxt = (y + 1 == K) ? hi : cd_gallop(sk, n, t, (base + y + 1) * scale);
+      const T s = (T)1 / (((T)(nxt - prev) + alpha) / tot);
+      out[y] = concrete ? s_obs / s - (T)1 : s;
+      prev = nxt;
+    }
+    for (int y = K; y < Kmax; ++y) out[y] = RiNum<T>::qnan();
+  }
+}
+
+// Per (row, node) quantity of the leaf statistic / GSM loss (spec sec. 1, 2), one thread per
+// element e = r d + i of the (n, d) output (grid-stride; a warp reads 32 consecutive rows of
+// Kmax values: coalesced). Only S[r, i, :K_i] is read (padding never).
+//   mode 0 invariance_sum:     sum_{y < K_i} S
+//   mode 1 invariance_entropy: -sum_y q_y log q_y,  q_y = (1 / S_y) / sum_y' (1 / S_y')
+//   mode 2 var_score:          S[r, i, X[r, i]]
+//   mode 3 GSM term:           S[r, i, X_ri]^2 - 2 sum_{y < K_i} S[r, i, y]
+// X: int64 (n, d) codes (modes 2, 3 only); cards: int64 (d,).
+template <typename T>
+__device__ __forceinline__ void cd_row_phi(const T* __restrict__ S, const long long* __restrict__ X,
+                                           const long long* __restrict__ cards, long long n, int d,
+                                           int Kmax, int mode, T* __restrict__ out) {
+  const long long total = n * d;
+  const long long step = (long long)gridDim.x * blockDim.x;
+  for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += step) {
+    const int i = (int)(e % d);
+    const int K = (int)cards[i];
+    const T* s = S + e * (long long)Kmax;
+    T phi = (T)0;
+    if (mode == 1) {
+      T qs = (T)0;
+      for (int y = 0; y < K; ++y) qs += (T)1 / s[y];
+      for (int y = 0; y < K; ++y) {
+        const T q = ((T)1 / s[y]) / qs;
+        phi -= q * RiNum<T>::lg(q);
+      }
+    } else if (mode == 2) {
+      phi = s[X[e]];
+    } else {
+      for (int y = 0; y < K; ++y) phi += s[y];
+      if (mode == 3) {
+        const T so = s[X[e]];
+        phi = so * so - (T)2 * phi;
+      }
+    }
+    out[e] = phi;
+  }
+}
+
+// Keys of the batched CI test (spec sec. 4): for candidate c (local index in the chunk) and
+// row r, key = (c ZX + zx[r]) KY + X[r, cand[c]] with zx = z K_x + x_i (< ZX = NZ K_x, NZ the
+// strata bound) and KY >= every candidate's card. Sorted, the keys of candidate c fill
+// positions [c n, (c + 1) n), grouped by stratum, then x, then y.
+template <typename T>
+__device__ __forceinline__ void cd_ci_keys(const long long* __restrict__ zx,
+                                           const long long* __restrict__ X,
+                                           const long long* __restrict__ cand, long long n, int d,
+                                           int kc, long long ZX, int KY,
+                                           long long* __restrict__ out) {
+  const long long total = n * kc;
+  const long long step = (long long)gridDim.x * blockDim.x;
+  for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += step) {
+    const long long c = e / n;
+    const long long r = e - c * n;
+    out[e] = (c * ZX + zx[r]) * KY + X[r * d + cand[c]];
+  }
+}
+
+// G2 / Pearson chi2 of the sorted CI keys: one thread per sorted position t; the thread at the
+// FIRST position of a (candidate, stratum) segment (previous key in another segment) does the
+// whole stratum; every other thread writes zeros. With cell = K_x KY and the segment [s0, s1)
+// (s1 by galloping), lb(x, y) = lower bound of seg cell + x KY + y inside the segment and
+//   N_xy = lb(x, y + 1) - lb(x, y),  N_xz = lb(x + 1, 0) - lb(x, 0),  N_yz = sum_x N_xy,
+//   N_z = s1 - s0  (all exact integers in double),
+//   g2:   2 sum_{N_xy > 0} N_xy log(N_xy N_z / (N_xz N_yz))
+//   chi2: sum_{E > 0} (N_xy - E)^2 / E,  E = N_xz N_yz / N_z   (cells with N_xy = 0 included)
+//   dof:  (r_z - 1)(c_z - 1), r_z / c_z the non-empty row / column margins.
+// The counts are recomputed by binary searches (O(K_x K_y log |segment|) per stratum) instead
+// of being stored: no limit on the cards. The candidate of position t is t / n (each candidate
+// owns exactly n sorted positions); ky holds its card. Outputs per position (double, int64),
+// summed per candidate by the glue.
+template <typename T>
+__device__ __forceinline__ void cd_ci_stat(const long long* __restrict__ sk, long long m,
+                                           long long n, int Kx, int KY,
+                                           const long long* __restrict__ ky, int chi2,
+                                           double* __restrict__ stat, long long* __restrict__ dof) {
+  const long long cell = (long long)Kx * KY;
+  const long long step = (long long)gridDim.x * blockDim.x;
+  for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < m; t += step) {
+    const long long seg = sk[t] / cell;
+    if (t > 0 && sk[t - 1] / cell == seg) { stat[t] = 0.0; dof[t] = 0; continue; }
+    const long long base = seg * cell;
+    const long long s0 = t;
+    const long long s1 = cd_gallop(sk, m, t, base + cell);
+    const int Ky = (int)ky[t / n];
+    const double Nz = (double)(s1 - s0);
+    int rz = 0;
+    for (int x = 0; x < Kx; ++x) {
+      const long long a = cd_lower_bound(sk, s0, s1, base + (long long)x * KY);
+      const long long b = cd_lower_bound(sk, s0, s1, base + (long long)(x + 1) * KY);
+      rz += b > a;
+    }
+    double st = 0.0;
+    int cz = 0;
+    for (int y = 0; y < Ky; ++y) {
+      long long nyz = 0;
+      for (int x = 0; x < Kx; ++x) {
+        const long long k0 = base + (long long)x * KY + y;
+        nyz += cd_lower_bound(sk, s0, s1, k0 + 1) - cd_lower_bound(sk, s0, s1, k0);
+      }
+      if (nyz == 0) continue;            // every N_xy and E of this column is 0
+      ++cz;
+      const double Nyz = (double)nyz;
+      for (int x = 0; x < Kx; ++x) {
+        const long long k0 = base + (long long)x * KY;
+        const double Nxz = (double)(cd_lower_bound(sk, s0, s1, k0 + KY) - cd_lower_bound(sk, s0, s1, k0));
+        const double N = (double)(cd_lower_bound(sk, s0, s1, k0 + y + 1) - cd_lower_bound(sk, s0, s1, k0 + y));
+        if (chi2) {
+          const double E = Nxz * Nyz / Nz;
+          if (E > 0.0) { const double r = N - E; st += r * r / E; }
+        } else if (N > 0.0) {
+          st += N * log(N * Nz / (Nxz * Nyz));
+        }
+      }
+    }
+    stat[t] = chi2 ? st : 2.0 * st;
+    dof[t] = (long long)(rz - 1) * (long long)(cz - 1);
+  }
+}
+"""
+
 @dataclass(frozen=True)
 class Template:
     """One kernel template: the module it lives in, its name and its parameters as
@@ -1152,10 +1374,29 @@ TEMPLATES = (
         ("const T*", "x"), ("const T*", "A"), ("const T*", "C"), ("const T*", "bias"),
         ("int", "has_bias"), ("long long", "B"), ("int", "D"), ("int", "L"), ("int", "n"),
         ("int", "squash"), ("T*", "a_out"), ("T*", "c_out"))),
+    Template("causal_discrete", "cd_keys", (
+        ("const long long*", "code"), ("long long", "n"), ("long long", "stride"), ("int", "K"),
+        ("long long", "packn"), ("long long*", "out"))),
+    Template("causal_discrete", "cd_plugin", (
+        ("const long long*", "sk"), ("const long long*", "perm"), ("long long", "n"),
+        ("long long", "packn"), ("int", "K"), ("int", "Kmax"), ("int", "d"), ("int", "col"),
+        ("T", "alpha"), ("int", "concrete"), ("T*", "S"))),
+    Template("causal_discrete", "cd_row_phi", (
+        ("const T*", "S"), ("const long long*", "X"), ("const long long*", "cards"),
+        ("long long", "n"), ("int", "d"), ("int", "Kmax"), ("int", "mode"), ("T*", "out"))),
+    Template("causal_discrete", "cd_ci_keys", (
+        ("const long long*", "zx"), ("const long long*", "X"), ("const long long*", "cand"),
+        ("long long", "n"), ("int", "d"), ("int", "kc"), ("long long", "ZX"), ("int", "KY"),
+        ("long long*", "out"))),
+    Template("causal_discrete", "cd_ci_stat", (
+        ("const long long*", "sk"), ("long long", "m"), ("long long", "n"), ("int", "Kx"),
+        ("int", "KY"), ("const long long*", "ky"), ("int", "chi2"), ("double*", "stat"),
+        ("long long*", "dof"))),
 )
 
 _BODIES = {"softdtw": _SOFTDTW, "costs": _COSTS, "ot": _OT, "preference": _PREFERENCE,
-           "cross_tokenizer": _CROSS_TOKENIZER, "inf_ssm": _INF_SSM}
+           "cross_tokenizer": _CROSS_TOKENIZER, "inf_ssm": _INF_SSM,
+           "causal_discrete": _CAUSAL_DISCRETE}
 MODULES = tuple(_BODIES)
 
 

@@ -13,7 +13,9 @@ Arrays
     on the host to build the job table anyway. The preference ops take ``labels``/``mask``
     as CUDA arrays too and read them on the host once (validation and the compacted token
     index, :mod:`.preference`); the cross-tokenizer ops likewise read their masks, labels and
-    segment ids once (:mod:`.cross_tokenizer`).
+    segment ids once (:mod:`.cross_tokenizer`); the causal-discovery ops read the per-column
+    range of X (and ``cards``/``candidates`` given as device arrays) once per call
+    (:mod:`.causal_discrete`).
 
 Stream
     Every kernel and copy goes to the CUDA *legacy default stream*, which is ordered after work
@@ -37,6 +39,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import _kernels as K
+from .causal_discrete import (ci_test_batch, discrete_score_plugin,  # noqa: F401
+                              gsm_marginal_loss, leaf_statistic, stein_hessian_diag)
 from .cross_tokenizer import (certainty_weights, cma_band_penalty, ctpd_loss,  # noqa: F401
                               ctpd_loss_grad, dwa_dtw_loss, dwa_dtw_loss_grad, entropy_weights,
                               kd_divergence, kd_divergence_grad, kd_gate, span_sum,
@@ -65,6 +69,8 @@ __all__ = [
     "ctpd_loss", "ctpd_loss_grad", "tis_dpo_loss", "tis_dpo_loss_grad",
     "stein_gram_diag", "stein_cross_gram_diag", "infssm_distance", "infssm_distance_grad",
     "mamba_ac_from_scan", "infssm_reg_loss", "infssm_reg_loss_grad",
+    "discrete_score_plugin", "gsm_marginal_loss", "leaf_statistic", "ci_test_batch",
+    "stein_hessian_diag",
 ]
 
 NAME = "numba_cuda"

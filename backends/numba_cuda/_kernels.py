@@ -57,6 +57,21 @@ variants by per-thread Cholesky in local arrays (n1, n2 <= :data:`ISS_NMAX`); ``
 ``iss_scan_sum``, ``iss_reg_scale``, ``iss_reg_loss``, ``iss_mse_grad`` the regulariser with
 its allclose shortcut on the device; ``iss_stats`` the validators' (non-finite, max |x|).
 
+Discrete-score causal discovery (``causal_discrete.md`` secs. 1, 2, 4, 7; ``cd_*`` kernels,
+correctness first, details in the docstring of :mod:`backends.numba_cuda.causal_discrete`):
+a stable LSD radix sort of non-negative int64 keys (8-bit digits, :data:`CD_TILE` keys per
+block: ``cd_sort_hist``, the one-block ``cd_scan``, ``cd_sort_scatter``) groups rows by
+mixed-radix column codes (``cd_group_key``, ``cd_seg_flags``); ``cd_seg_count``/
+``cd_plugin_write`` the plug-in score; ``cd_gsm_rows``/``cd_sum_scale`` and
+``cd_leaf_pass``/``cd_leaf_finish`` the loss and the leaf statistics (``block_sum``);
+``cd_rank_rows``/``cd_ci_count``/``cd_ci_stat`` the batched G2/chi2 tests with a float64
+regularised upper incomplete gamma device function (``cd_gammaincc`` exposes it);
+``cd_pair_dist``/``cd_median`` (bandwidth by the same sort), ``cd_stein_kernel``,
+``cd_stein_rhs``, ``cd_add_diag``, the unblocked Cholesky ``cd_chol_col``/``cd_chol_update``
+(2 n launches), ``cd_trsm`` and ``cd_stein_combine`` SCORE's Stein diagonal; ``cd_cast_*``,
+``cd_colrange``, ``cd_fstats`` the integer widening and the validators' value checks. The
+integer-only ops launch the float64 variants only.
+
 Launches go to the CUDA *legacy default stream* (``cuda.default_stream()``), always.
 """
 
@@ -96,6 +111,12 @@ ISS_NMAX = 16             # largest n1, n2 of the Inf-SSM principled variants (p
 ISS_NCACHE = 32           # u_i, v_j cached per thread in the iss_code kernels (recomputed beyond)
 ISS_RED = 256             # threads (and shared words) of the iss_* block reductions
 ISS_ALLCLOSE_RTOL, ISS_ALLCLOSE_ATOL = 1e-5, 1e-8   # torch.allclose defaults (refimpl.inf_ssm)
+CD_RADIX_BITS = 8         # bits per pass of the cd_* LSD radix sort (CD_RADIX buckets)
+CD_RADIX = 1 << CD_RADIX_BITS
+CD_TILE = 32 if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1" else 1024
+#                         ^ keys per block of the radix-sort histogram/scatter kernels
+CD_RED = 1024             # shared words of the cd_* block reductions and of cd_scan
+CD_ITMAX = 100000         # iteration cap of the incomplete-gamma series / continued fraction
 
 #: Set to a list to record ``(name, dtype, argument numba types)`` of every launch (tests).
 RECORD: list | None = None
@@ -197,6 +218,49 @@ _SIGNATURES = {
     "iss_reg_loss": "void({T}[:, ::1], {T}[:, ::1], {T}[::1], {T}[::1], {T}, {T}, {T}, int64, "
                     "int64)",
     "iss_mse_grad": "void({T}[:, ::1], {T}[:, ::1], {T}[::1], {T}[:, ::1], int64)",
+    # discrete-score causal discovery (cd_*; backends/numba_cuda/causal_discrete.py). The
+    # integer-only ops (plug-in score, CI tests) launch only the float64 variants; X is int64
+    # (other integer dtypes are widened once by cd_cast_*).
+    "cd_cast_i8": "void(int8[:, :], int64[:, ::1])",
+    "cd_cast_i16": "void(int16[:, :], int64[:, ::1])",
+    "cd_cast_i32": "void(int32[:, :], int64[:, ::1])",
+    "cd_cast_u8": "void(uint8[:, :], int64[:, ::1])",
+    "cd_cast_u16": "void(uint16[:, :], int64[:, ::1])",
+    "cd_cast_u32": "void(uint32[:, :], int64[:, ::1])",
+    "cd_cast_u64": "void(uint64[:, :], int64[:, ::1])",
+    "cd_colrange": "void(int64[:, :], int64[:, ::1])",
+    "cd_fill_i64": "void(int64[::1], int64)",
+    "cd_iota": "void(int64[::1])",
+    "cd_scan": "void(int64[::1], int64[::1], int64)",
+    "cd_sort_hist": "void(int64[::1], int64[::1], int64)",
+    "cd_sort_scatter": "void(int64[::1], int64[::1], int64[::1], int64[::1], int64[::1], int64)",
+    "cd_group_key": "void(int64[:, :], int64[::1], int64[::1], int64[::1], int64[::1])",
+    "cd_seg_flags": "void(int64[:, :], int64[::1], int64[::1], int64[::1])",
+    "cd_seg_count": "void(int64[:, :], int64[::1], int64[::1], int64, int64[:, ::1], "
+                    "int64[::1])",
+    "cd_plugin_write": "void(int64[:, :], int64[:, ::1], int64[::1], int64, int64, {T}, int64, "
+                       "{T}[:, :, ::1])",
+    "cd_gsm_rows": "void({T}[:, :, :], int64[:, :], int64[::1], {T}[::1])",
+    "cd_sum_scale": "void({T}[::1], {T}[::1], {T})",
+    "cd_fstats": "void({T}[:, :], {T}[::1])",
+    "cd_leaf_pass": "void({T}[:, :, :], int64[:, :], int64[::1], {T}[:, :], int64, int64, "
+                    "int64, {T}[:, ::1], {T}[:, :, ::1])",
+    "cd_leaf_finish": "void({T}[:, :, ::1], {T}[:, ::1], {T}[::1], int64)",
+    "cd_rank_rows": "void(int64[::1], int64[::1], int64[::1])",
+    "cd_ci_count": "void(int64[:, :], int64[::1], int64, int64[::1], int64, int64, int64, "
+                   "int64[::1])",
+    "cd_ci_stat": "void(int64[::1], int64[::1], int64[::1], int64, int64, int64, int64, int64, "
+                  "{T}[::1], int64[::1], {T}[::1])",
+    "cd_gammaincc": "void({T}[::1], {T}[::1], {T}[::1])",
+    "cd_pair_dist": "void({T}[:, :], {T}[:, ::1])",
+    "cd_median": "void({T}[:, ::1], {T}[::1])",
+    "cd_stein_kernel": "void({T}[:, :], {T}[::1], {T}[:, ::1])",
+    "cd_stein_rhs": "void({T}[:, ::1], {T}[:, :], {T}[::1], {T}[:, ::1], {T}[:, ::1])",
+    "cd_add_diag": "void({T}[:, ::1], {T}[:, ::1], {T})",
+    "cd_chol_col": "void({T}[:, ::1], int64, {T}[::1], int64)",
+    "cd_chol_update": "void({T}[:, ::1], int64)",
+    "cd_trsm": "void({T}[:, ::1], {T}[:, ::1], int64)",
+    "cd_stein_combine": "void({T}[:, ::1], {T}[:, ::1], {T}[:, ::1])",
 }
 
 DTYPES = ("float32", "float64")
@@ -2489,6 +2553,701 @@ def _build(dtype: str) -> dict:
                 out[r, k] = g * (TWO * (Xn[r, k] - Xo[r, k]))
             idx += stride
 
+    # ------------------------------------------------------------------ causal discovery (cd_*)
+    # backends/numba_cuda/causal_discrete.py (its module docstring: the radix sort, the
+    # grouping, the CI statistics and the Stein solves). block_sum is the ct_* helper above.
+
+    RADIX = CD_RADIX
+    RMASK = CD_RADIX - 1
+    CTILE = CD_TILE
+    CRED = CD_RED
+    I64MAX = np.int64(np.iinfo(np.int64).max)
+    I64MIN = np.int64(np.iinfo(np.int64).min)
+    GEPS = DT(np.finfo(DT).eps)
+    FPMIN = DT(np.finfo(DT).tiny / np.finfo(DT).eps)
+    ITMAX = CD_ITMAX
+
+    @cuda.jit(device=True, inline="always")
+    def block_sum_i(red, t, nt, v):
+        """``block_sum`` for int64 values (``red`` an int64 shared array)."""
+        red[t] = v
+        cuda.syncthreads()
+        off = nt // 2
+        while off > 0:
+            if t < off:
+                red[t] += red[t + off]
+            cuda.syncthreads()
+            off //= 2
+        s = red[0]
+        cuda.syncthreads()
+        return s
+
+    @cuda.jit(device=True, inline="always")
+    def gammaincc(a, x):
+        """Regularised upper incomplete gamma ``Q(a, x)``, a > 0 (Numerical Recipes sec. 6.2
+        scheme, written here): the series of ``P`` for x < a + 1 (``Q = 1 - P``), else the
+        Lentz continued fraction of ``Q``; ``Q(a, x <= 0) = 1``."""
+        if not (x > ZERO):
+            return ONE
+        pre = math.exp(-x + a * math.log(x) - math.lgamma(a))
+        if x < a + ONE:
+            ap = a
+            dl = ONE / a
+            s = dl
+            for _ in range(ITMAX):
+                ap += ONE
+                dl *= x / ap
+                s += dl
+                if abs(dl) < abs(s) * GEPS:
+                    break
+            return ONE - s * pre
+        b = x + ONE - a
+        c = ONE / FPMIN
+        dd = ONE / b
+        h = dd
+        for k in range(1, ITMAX):
+            fk = NB(k)
+            an = -fk * (fk - a)
+            b += TWO
+            dd = an * dd + b
+            if abs(dd) < FPMIN:
+                dd = FPMIN
+            c = b + an / c
+            if abs(c) < FPMIN:
+                c = FPMIN
+            dd = ONE / dd
+            de = dd * c
+            h *= de
+            if abs(de - ONE) < GEPS:
+                break
+        return pre * h
+
+    def _cd_cast(src, dst):
+        """``dst = int64(src)`` (grid-stride; X of another integer dtype widened once)."""
+        d = src.shape[1]
+        total = src.shape[0] * d
+        idx = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while idx < total:
+            r = idx // d
+            dst[r, idx % d] = src[r, idx % d]
+            idx += stride
+
+    def cd_colrange(X, out):
+        """``out[0, c] = min_r X[r, c]``, ``out[1, c] = max_r X[r, c]``; grid (row blocks,
+        d): a block reduction per (block, column), one atomic min/max each (out preset to
+        (+max, -max) by the host)."""
+        rmin = cuda.shared.array(CRED, int64)
+        rmax = cuda.shared.array(CRED, int64)
+        c = cuda.blockIdx.y
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        lo = I64MAX
+        hi = I64MIN
+        r = cuda.blockIdx.x * nt + t
+        while r < X.shape[0]:
+            v = X[r, c]
+            if v < lo:
+                lo = v
+            if v > hi:
+                hi = v
+            r += nt * cuda.gridDim.x
+        rmin[t] = lo
+        rmax[t] = hi
+        cuda.syncthreads()
+        off = nt // 2
+        while off > 0:
+            if t < off:
+                if rmin[t + off] < rmin[t]:
+                    rmin[t] = rmin[t + off]
+                if rmax[t + off] > rmax[t]:
+                    rmax[t] = rmax[t + off]
+            cuda.syncthreads()
+            off //= 2
+        if t == 0:
+            cuda.atomic.min(out, (0, c), rmin[0])
+            cuda.atomic.max(out, (1, c), rmax[0])
+
+    def cd_fill_i64(out, value):
+        idx = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while idx < out.shape[0]:
+            out[idx] = value
+            idx += stride
+
+    def cd_iota(out):
+        idx = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while idx < out.shape[0]:
+            out[idx] = idx
+            idx += stride
+
+    def cd_scan(x, out, inclusive):
+        """Prefix sum of ``x`` into ``out`` (may alias ``x``) by ONE block: each thread scans a
+        contiguous chunk, thread 0 scans the chunk totals (<= CD_RED) sequentially."""
+        tot = cuda.shared.array(CRED, int64)
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        m = x.shape[0]
+        chunk = (m + nt - 1) // nt
+        lo = t * chunk
+        hi = min(lo + chunk, m)
+        acc = int64(0)
+        for e in range(lo, hi):
+            acc += x[e]
+        tot[t] = acc
+        cuda.syncthreads()
+        if t == 0:
+            run = int64(0)
+            for k in range(nt):
+                v = tot[k]
+                tot[k] = run
+                run += v
+        cuda.syncthreads()
+        run = tot[t]
+        for e in range(lo, hi):
+            v = x[e]
+            if inclusive != 0:
+                run += v
+                out[e] = run
+            else:
+                out[e] = run
+                run += v
+
+    def cd_sort_hist(keys, hist, shift):
+        """One radix pass, step 1: block b counts the digits ``(key >> shift) & RMASK`` of its
+        tile of CD_TILE keys; ``hist[digit * nblocks + b]`` (digit-major, so that one
+        exclusive scan gives every (digit, block) its output offset)."""
+        dig = cuda.shared.array(CTILE, int64)
+        b = cuda.blockIdx.x
+        nb = cuda.gridDim.x
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        base = b * CTILE
+        cnt = min(CTILE, keys.shape[0] - base)
+        e = t
+        while e < cnt:
+            dig[e] = (keys[base + e] >> shift) & RMASK
+            e += nt
+        cuda.syncthreads()
+        r = t
+        while r < RADIX:
+            c = int64(0)
+            for k in range(cnt):
+                if dig[k] == r:
+                    c += 1
+            hist[r * nb + b] = c
+            r += nt
+
+    def cd_sort_scatter(keys, perm, offs, keys_out, perm_out, shift):
+        """One radix pass, step 3 (after ``cd_scan`` of the histogram): thread r of block b
+        owns digit r and walks the tile IN ORDER, writing its keys (and their permutation
+        entries) from offset ``offs[r * nblocks + b]`` on: a stable scatter."""
+        dig = cuda.shared.array(CTILE, int64)
+        b = cuda.blockIdx.x
+        nb = cuda.gridDim.x
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        base = b * CTILE
+        cnt = min(CTILE, keys.shape[0] - base)
+        e = t
+        while e < cnt:
+            dig[e] = (keys[base + e] >> shift) & RMASK
+            e += nt
+        cuda.syncthreads()
+        r = t
+        while r < RADIX:
+            pos = offs[r * nb + b]
+            for k in range(cnt):
+                if dig[k] == r:
+                    keys_out[pos] = keys[base + k]
+                    perm_out[pos] = perm[base + k]
+                    pos += 1
+            r += nt
+
+    def cd_group_key(X, cols, strides, perm, keys):
+        """``keys[j] = sum_k X[perm[j], cols[k]] * strides[k]`` (mixed-radix code of a column
+        group, rows in the current sort order)."""
+        idx = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while idx < keys.shape[0]:
+            r = perm[idx]
+            key = int64(0)
+            for k in range(cols.shape[0]):
+                key += X[r, cols[k]] * strides[k]
+            keys[idx] = key
+            idx += stride
+
+    def cd_seg_flags(X, cols, perm, flags):
+        """``flags[j] = 1`` where sorted row j starts a new pattern over ``cols`` (j = 0 or a
+        column of ``cols`` differs from sorted row j - 1), else 0: exact, no codes needed."""
+        idx = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while idx < flags.shape[0]:
+            f = int64(0)
+            if idx == 0:
+                f = 1
+            else:
+                r = perm[idx]
+                q = perm[idx - 1]
+                for k in range(cols.shape[0]):
+                    if X[r, cols[k]] != X[q, cols[k]]:
+                        f = 1
+                        break
+            flags[idx] = f
+            idx += stride
+
+    def cd_seg_count(X, perm, incl, col, cnt, rowseg):
+        """Segment g = incl[j] - 1 of sorted row j: ``cnt[g, X[row, col]] += 1`` (atomic) and
+        ``rowseg[row] = g``."""
+        idx = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while idx < perm.shape[0]:
+            r = perm[idx]
+            g = incl[idx] - 1
+            cuda.atomic.add(cnt, (g, X[r, col]), 1)
+            rowseg[r] = g
+            idx += stride
+
+    def cd_plugin_write(X, cnt, rowseg, i, Ki, alpha, kind, S):
+        """``S[r, i, y] = 1 / ((N(y, x_-i) + alpha) / (N(x_-i) + alpha K_i))`` for y < K_i, NaN
+        beyond; kind 1 (concrete): ``s_i(x_r) / s_i(y, x_-i) - 1`` (the reference's forms)."""
+        Kmax = S.shape[2]
+        total = S.shape[0] * Kmax
+        idx = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while idx < total:
+            r = idx // Kmax
+            y = idx % Kmax
+            if y >= Ki:
+                S[r, i, y] = NAN
+            else:
+                g = rowseg[r]
+                tot = int64(0)
+                for k in range(Ki):
+                    tot += cnt[g, k]
+                den = NB(tot) + alpha * NB(Ki)
+                sy = ONE / ((NB(cnt[g, y]) + alpha) / den)
+                if kind == 0:
+                    S[r, i, y] = sy
+                else:
+                    so = ONE / ((NB(cnt[g, X[r, i]]) + alpha) / den)
+                    S[r, i, y] = so / sy - ONE
+            idx += stride
+
+    def cd_gsm_rows(S, X, cards, part):
+        """``part[b] = sum_{rows r of block b} sum_i [S[r,i,X_ri]^2 - 2 sum_{y<K_i} S[r,i,y]]``
+        (grid-stride rows, block_sum)."""
+        red = cuda.shared.array(CRED, NB)
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        acc = ZERO
+        r = cuda.blockIdx.x * nt + t
+        while r < S.shape[0]:
+            for i in range(S.shape[1]):
+                so = S[r, i, X[r, i]]
+                sm = ZERO
+                for y in range(cards[i]):
+                    sm += S[r, i, y]
+                acc += so * so - TWO * sm
+            r += nt * cuda.gridDim.x
+        acc = block_sum(red, t, nt, acc)
+        if t == 0:
+            part[cuda.blockIdx.x] = acc
+
+    def cd_sum_scale(part, out, scale):
+        """One block: ``out[0] = scale * sum(part)``."""
+        red = cuda.shared.array(CRED, NB)
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        acc = ZERO
+        k = t
+        while k < part.shape[0]:
+            acc += part[k]
+            k += nt
+        acc = block_sum(red, t, nt, acc)
+        if t == 0:
+            out[0] = scale * acc
+
+    def cd_fstats(X, out):
+        """The validators' value checks: ``out[0] = max(out[0], any non-finite)``,
+        ``out[1] = min(out[1], min x)``, ``out[2] += sum x`` (out preset to (0, inf, 0))."""
+        red = cuda.shared.array(CRED, NB)
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        cols = X.shape[1]
+        total = X.shape[0] * cols
+        bad = ZERO
+        mn = INF
+        sm = ZERO
+        i = cuda.blockIdx.x * nt + t
+        while i < total:
+            v = X[i // cols, i % cols]
+            if abs(v) < INF:
+                if v < mn:
+                    mn = v
+                sm += v
+            else:
+                bad = ONE
+            i += nt * cuda.gridDim.x
+        sm = block_sum(red, t, nt, sm)
+        bad = block_sum(red, t, nt, bad)
+        red[t] = mn
+        cuda.syncthreads()
+        off = nt // 2
+        while off > 0:
+            if t < off:
+                if red[t + off] < red[t]:
+                    red[t] = red[t + off]
+            cuda.syncthreads()
+            off //= 2
+        if t == 0:
+            cuda.atomic.max(out, 0, bad)
+            cuda.atomic.min(out, 1, red[0])
+            cuda.atomic.add(out, 2, sm)
+
+    @cuda.jit(device=True, inline="always")
+    def leaf_phi(S, X, cards, r, j, crit):
+        """phi_j(r): 0 invariance_sum, 1 invariance_entropy, 2 var_score."""
+        K = cards[j]
+        if crit == 0:
+            v = ZERO
+            for y in range(K):
+                v += S[r, j, y]
+            return v
+        if crit == 1:
+            qs = ZERO
+            for y in range(K):
+                qs += ONE / S[r, j, y]
+            v = ZERO
+            for y in range(K):
+                q = (ONE / S[r, j, y]) / qs
+                v -= q * math.log(q)
+            return v
+        return S[r, j, X[r, j]]
+
+    def cd_leaf_pass(S, X, cards, w, has_w, crit, npass, st, part):
+        """Grid (row blocks, d). Pass 0: ``part[j, b] = (sum w phi_j, sum w)`` over the block's
+        rows; pass 1: ``part[j, b, 0] = sum w (phi_j - st[j, 0])^2`` (st[j, 0] the mean)."""
+        red = cuda.shared.array(CRED, NB)
+        j = cuda.blockIdx.y
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        a0 = ZERO
+        a1 = ZERO
+        mean = st[j, 0] if npass == 1 else ZERO
+        r = cuda.blockIdx.x * nt + t
+        while r < S.shape[0]:
+            wr = w[r, 0] if has_w != 0 else ONE
+            phi = leaf_phi(S, X, cards, r, j, crit)
+            if npass == 0:
+                a0 += wr * phi
+                a1 += wr
+            else:
+                dv = phi - mean
+                a0 += wr * (dv * dv)
+            r += nt * cuda.gridDim.x
+        a0 = block_sum(red, t, nt, a0)
+        a1 = block_sum(red, t, nt, a1)
+        if t == 0:
+            part[j, cuda.blockIdx.x, 0] = a0
+            part[j, cuda.blockIdx.x, 1] = a1
+
+    def cd_leaf_finish(part, st, out, npass):
+        """One block per node j: pass 0 ``st[j] = (sum w phi / sum w, sum w)``; pass 1
+        ``out[j] = sum w (phi - mean)^2 / sum w``."""
+        red = cuda.shared.array(CRED, NB)
+        j = cuda.blockIdx.x
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        a0 = ZERO
+        a1 = ZERO
+        k = t
+        while k < part.shape[1]:
+            a0 += part[j, k, 0]
+            a1 += part[j, k, 1]
+            k += nt
+        a0 = block_sum(red, t, nt, a0)
+        a1 = block_sum(red, t, nt, a1)
+        if t == 0:
+            if npass == 0:
+                st[j, 0] = a0 / a1
+                st[j, 1] = a1
+            else:
+                out[j] = a0 / st[j, 1]
+
+    def cd_rank_rows(perm, incl, out):
+        """``out[perm[j]] = incl[j] - 1`` (dense stratum index of every row)."""
+        idx = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while idx < perm.shape[0]:
+            out[perm[idx]] = incl[idx] - 1
+            idx += stride
+
+    def cd_ci_count(X, zrow, i, cand, nz, kx, ky, cnt):
+        """``cnt[t, z, x, y] += 1`` (flat, atomic) for every (candidate t, row r) with
+        z = zrow[r], x = X[r, i], y = X[r, cand[t]]."""
+        n = X.shape[0]
+        total = cand.shape[0] * n
+        idx = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while idx < total:
+            tt = idx // n
+            r = idx % n
+            f = ((tt * nz + zrow[r]) * kx + X[r, i]) * ky + X[r, cand[tt]]
+            cuda.atomic.add(cnt, f, 1)
+            idx += stride
+
+    def cd_ci_stat(cnt, cand, cards, nz, kx, ky, test, full_strata, stat, dof, pval):
+        """One block per candidate t: threads stride over the strata z of its (nz, kx, ky)
+        table; G2 (test 0) or Pearson chi2 (1) summed over cells with N > 0 (E > 0), adjusted
+        dof ``sum_{N_z > 0} (r_z - 1)(c_z - 1)`` (or ``(kx-1)(K_c-1) full_strata`` when
+        full_strata > 0); p = Q(dof / 2, stat / 2), 1 at dof = 0."""
+        red = cuda.shared.array(CRED, NB)
+        redi = cuda.shared.array(CRED, int64)
+        tt = cuda.blockIdx.x
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        kc = cards[cand[tt]]
+        base = tt * nz * kx * ky
+        acc = ZERO
+        dacc = int64(0)
+        z = t
+        while z < nz:
+            zb = base + z * kx * ky
+            Nz = int64(0)
+            for x in range(kx):
+                for y in range(kc):
+                    Nz += cnt[zb + x * ky + y]
+            if Nz > 0:
+                fz = NB(Nz)
+                rz = int64(0)
+                cz = int64(0)
+                for x in range(kx):
+                    nx = int64(0)
+                    for y in range(kc):
+                        nx += cnt[zb + x * ky + y]
+                    if nx > 0:
+                        rz += 1
+                for y in range(kc):
+                    ny = int64(0)
+                    for x in range(kx):
+                        ny += cnt[zb + x * ky + y]
+                    if ny > 0:
+                        cz += 1
+                dacc += (rz - 1) * (cz - 1)
+                for x in range(kx):
+                    nx = int64(0)
+                    for y in range(kc):
+                        nx += cnt[zb + x * ky + y]
+                    for y in range(kc):
+                        ny = int64(0)
+                        for xx in range(kx):
+                            ny += cnt[zb + xx * ky + y]
+                        N = NB(cnt[zb + x * ky + y])
+                        mxy = NB(nx) * NB(ny)
+                        if test == 0:
+                            if N > ZERO:
+                                acc += N * math.log(N * fz / mxy)
+                        else:
+                            E = mxy / fz
+                            if E > ZERO:
+                                dv = N - E
+                                acc += dv * dv / E
+            z += nt
+        acc = block_sum(red, t, nt, acc)
+        dacc = block_sum_i(redi, t, nt, dacc)
+        if t == 0:
+            s = TWO * acc if test == 0 else acc
+            df = dacc
+            if full_strata > 0:
+                df = (kx - 1) * (kc - 1) * full_strata
+            stat[tt] = s
+            dof[tt] = df
+            if df == 0:
+                pval[tt] = ONE
+            else:
+                pval[tt] = gammaincc(NB(df) / TWO, s / TWO)
+
+    def cd_gammaincc(a, x, out):
+        """``out = Q(a, x)`` elementwise (the device function of cd_ci_stat; tests)."""
+        idx = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while idx < out.shape[0]:
+            out[idx] = gammaincc(a[idx], x[idx])
+            idx += stride
+
+    def cd_pair_dist(X, out):
+        """``out[p, 0] = |x_a - x_b|`` for the pair a < b at ``p = a n - a (a + 1) / 2 + b -
+        a - 1`` (scipy pdist's order); ``out[p, 1:] = 0`` (the float32 path views (m, 2)
+        float32 as m int64 sort keys)."""
+        n = X.shape[0]
+        d = X.shape[1]
+        W = out.shape[1]
+        total = n * n
+        idx = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while idx < total:
+            a = idx // n
+            b = idx % n
+            if b > a:
+                p = a * n - (a * (a + 1)) // 2 + b - a - 1
+                acc = ZERO
+                for k in range(d):
+                    df = X[a, k] - X[b, k]
+                    acc += df * df
+                out[p, 0] = math.sqrt(acc)
+                for k in range(1, W):
+                    out[p, k] = ZERO
+            idx += stride
+
+    def cd_median(D, status):
+        """One thread: ``status[0] = median`` of the sorted distances ``D[:, 0]`` (mean of the
+        two middle values for an even count, as NumPy)."""
+        if cuda.grid(1) == 0:
+            m = D.shape[0]
+            if m % 2 == 1:
+                status[0] = D[m // 2, 0]
+            else:
+                status[0] = (D[m // 2 - 1, 0] + D[m // 2, 0]) / TWO
+
+    def cd_stein_kernel(X, status, Km):
+        """``Km[a, b] = exp(-|x_a - x_b|^2 / (2 s^2)) / s``, s = status[0]."""
+        n = X.shape[0]
+        d = X.shape[1]
+        s = status[0]
+        c = ONE / (TWO * s * s)
+        total = n * n
+        idx = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while idx < total:
+            a = idx // n
+            b = idx % n
+            acc = ZERO
+            for k in range(d):
+                df = X[a, k] - X[b, k]
+                acc += df * df
+            Km[a, b] = math.exp(-acc * c) / s
+            idx += stride
+
+    def cd_stein_rhs(Km, X, status, gK, g2K):
+        """Thread per (a, j), a loop over b (the n x n x d tensor is never stored):
+        ``gK = -sum_b (x_aj - x_bj) K_ab / s^2``,
+        ``g2K = sum_b (-1/s^2 + (x_aj - x_bj)^2 / s^4) K_ab`` (the direct, cancellation-free
+        form of the reference's expansion)."""
+        n = X.shape[0]
+        d = X.shape[1]
+        s = status[0]
+        s2 = s * s
+        total = n * d
+        idx = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while idx < total:
+            a = idx // d
+            j = idx % d
+            xa = X[a, j]
+            k1 = ZERO
+            g1 = ZERO
+            g2 = ZERO
+            for b in range(n):
+                kab = Km[a, b]
+                df = xa - X[b, j]
+                k1 += kab
+                g1 += df * kab
+                g2 += (df * df) * kab
+            gK[a, j] = -g1 / s2
+            g2K[a, j] = -k1 / s2 + g2 / (s2 * s2)
+            idx += stride
+
+    def cd_add_diag(src, dst, eta):
+        """``dst = src + eta I`` (lower triangle and diagonal; the factorisation reads no
+        more)."""
+        n = src.shape[0]
+        total = n * n
+        idx = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while idx < total:
+            a = idx // n
+            b = idx % n
+            if b <= a:
+                v = src[a, b]
+                if a == b:
+                    v += eta
+                dst[a, b] = v
+            idx += stride
+
+    def cd_chol_col(A, k, status, slot):
+        """Right-looking Cholesky, column k, step 1: ``A[i, k] /= sqrt(A[k, k])`` for i > k;
+        a pivot that is not > 0 sets ``status[slot] = 1`` (A[k, k] itself is replaced by its
+        square root in cd_chol_update, so no thread reads a half-updated pivot)."""
+        n = A.shape[0]
+        piv = A[k, k]
+        idx = cuda.grid(1)
+        if idx == 0 and not (piv > ZERO):
+            status[slot] = ONE
+        ljj = math.sqrt(piv) if piv > ZERO else NAN
+        i = k + 1 + idx
+        stride = cuda.gridsize(1)
+        while i < n:
+            A[i, k] = A[i, k] / ljj
+            i += stride
+
+    def cd_chol_update(A, k):
+        """Step 2: rank-1 update of the trailing lower triangle ``A[i, j] -= A[i, k] A[j, k]``,
+        k < j <= i, and ``A[k, k] = sqrt(A[k, k])``."""
+        n = A.shape[0]
+        m = n - k - 1
+        idx = cuda.grid(1)
+        if idx == 0:
+            piv = A[k, k]
+            A[k, k] = math.sqrt(piv) if piv > ZERO else NAN
+        stride = cuda.gridsize(1)
+        total = m * m
+        while idx < total:
+            i = k + 1 + idx // m
+            j = k + 1 + idx % m
+            if j <= i:
+                A[i, j] -= A[i, k] * A[j, k]
+            idx += stride
+
+    def cd_trsm(L, B, trans):
+        """One block per column c of B (in place): trans 0 solves ``L y = b`` (forward),
+        trans 1 ``L^T x = y`` (backward); one step per row with a barrier."""
+        n = L.shape[0]
+        c = cuda.blockIdx.x
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        for step in range(n):
+            k = step if trans == 0 else n - 1 - step
+            if t == 0:
+                B[k, c] = B[k, c] / L[k, k]
+            cuda.syncthreads()
+            yk = B[k, c]
+            if trans == 0:
+                i = k + 1 + t
+                while i < n:
+                    B[i, c] -= L[i, k] * yk
+                    i += nt
+            else:
+                i = t
+                while i < k:
+                    B[i, c] -= L[k, i] * yk
+                    i += nt
+            cuda.syncthreads()
+
+    def cd_stein_combine(G, Hs, out):
+        """``out = -G^2 + Hs``."""
+        d = G.shape[1]
+        total = G.shape[0] * d
+        idx = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while idx < total:
+            a = idx // d
+            j = idx % d
+            g = G[a, j]
+            out[a, j] = -(g * g) + Hs[a, j]
+            idx += stride
+
     return {
         "__tile__": TS,
         "fill1d": fill1d,
@@ -2557,4 +3316,39 @@ def _build(dtype: str) -> dict:
         "iss_reg_scale": iss_reg_scale,
         "iss_reg_loss": iss_reg_loss,
         "iss_mse_grad": iss_mse_grad,
+        "cd_cast_i8": _cd_cast,
+        "cd_cast_i16": _cd_cast,
+        "cd_cast_i32": _cd_cast,
+        "cd_cast_u8": _cd_cast,
+        "cd_cast_u16": _cd_cast,
+        "cd_cast_u32": _cd_cast,
+        "cd_cast_u64": _cd_cast,
+        "cd_colrange": cd_colrange,
+        "cd_fill_i64": cd_fill_i64,
+        "cd_iota": cd_iota,
+        "cd_scan": cd_scan,
+        "cd_sort_hist": cd_sort_hist,
+        "cd_sort_scatter": cd_sort_scatter,
+        "cd_group_key": cd_group_key,
+        "cd_seg_flags": cd_seg_flags,
+        "cd_seg_count": cd_seg_count,
+        "cd_plugin_write": cd_plugin_write,
+        "cd_gsm_rows": cd_gsm_rows,
+        "cd_sum_scale": cd_sum_scale,
+        "cd_fstats": cd_fstats,
+        "cd_leaf_pass": cd_leaf_pass,
+        "cd_leaf_finish": cd_leaf_finish,
+        "cd_rank_rows": cd_rank_rows,
+        "cd_ci_count": cd_ci_count,
+        "cd_ci_stat": cd_ci_stat,
+        "cd_gammaincc": cd_gammaincc,
+        "cd_pair_dist": cd_pair_dist,
+        "cd_median": cd_median,
+        "cd_stein_kernel": cd_stein_kernel,
+        "cd_stein_rhs": cd_stein_rhs,
+        "cd_add_diag": cd_add_diag,
+        "cd_chol_col": cd_chol_col,
+        "cd_chol_update": cd_chol_update,
+        "cd_trsm": cd_trsm,
+        "cd_stein_combine": cd_stein_combine,
     }

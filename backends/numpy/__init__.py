@@ -5,6 +5,8 @@ import platform
 
 import numpy as np
 
+from refimpl.causal_discrete import (ci_test_batch, discrete_score_plugin,  # noqa: F401
+                                     gsm_marginal_loss, leaf_statistic, stein_hessian_diag)
 from refimpl.cross_tokenizer import (  # noqa: F401
     certainty_weights, cma_align, cma_band_penalty, ctpd_loss, ctpd_loss_grad, dwa_dtw_loss,
     dwa_dtw_loss_grad, dwa_gamma, dwa_kd_loss, entropy_weights, kd_divergence, kd_divergence_grad,

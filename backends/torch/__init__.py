@@ -126,6 +126,9 @@ def autograd_vjp(fn, kwargs: dict, wrt, cotangent) -> dict:
 
 
 # The op modules import the helpers above from this (then partially initialised) package.
+from backends.torch.causal_discrete import (  # noqa: E402
+    ci_test_batch, discrete_score_plugin, gsm_marginal_loss, leaf_statistic, stein_hessian_diag,
+)
 from backends.torch.cross_tokenizer import (  # noqa: E402
     certainty_weights, cma_align, cma_band_penalty, ctpd_loss, ctpd_loss_grad, dwa_dtw_loss,
     dwa_dtw_loss_grad, dwa_gamma, dwa_kd_loss, entropy_weights, kd_divergence,
@@ -163,4 +166,6 @@ __all__ = [
     "tis_dpo_loss_grad",
     "stein_gram_diag", "stein_cross_gram_diag", "infssm_distance", "infssm_distance_grad",
     "mamba_ac_from_scan", "infssm_reg_loss", "infssm_reg_loss_grad",
+    "discrete_score_plugin", "gsm_marginal_loss", "leaf_statistic", "ci_test_batch",
+    "stein_hessian_diag",
 ]
