@@ -2714,6 +2714,19 @@ def _build(dtype: str) -> dict:
                 out[e] = run
                 run += v
 
+    @cuda.jit(device=True, inline="always")
+    def cd_tile_digits(keys, dig, shift):
+        """Block b's tile of CD_TILE keys: their radix digits ``(key >> shift) & RMASK`` into
+        the shared ``dig``; returns ``(base, count)`` of the tile (after a barrier)."""
+        base = cuda.blockIdx.x * CTILE
+        cnt = min(CTILE, keys.shape[0] - base)
+        e = cuda.threadIdx.x
+        while e < cnt:
+            dig[e] = (keys[base + e] >> shift) & RMASK
+            e += cuda.blockDim.x
+        cuda.syncthreads()
+        return base, cnt
+
     def cd_sort_hist(keys, hist, shift):
         """One radix pass, step 1: block b counts the digits ``(key >> shift) & RMASK`` of its
         tile of CD_TILE keys; ``hist[digit * nblocks + b]`` (digit-major, so that one
@@ -2723,13 +2736,7 @@ def _build(dtype: str) -> dict:
         nb = cuda.gridDim.x
         t = cuda.threadIdx.x
         nt = cuda.blockDim.x
-        base = b * CTILE
-        cnt = min(CTILE, keys.shape[0] - base)
-        e = t
-        while e < cnt:
-            dig[e] = (keys[base + e] >> shift) & RMASK
-            e += nt
-        cuda.syncthreads()
+        base, cnt = cd_tile_digits(keys, dig, shift)
         r = t
         while r < RADIX:
             c = int64(0)
@@ -2748,13 +2755,7 @@ def _build(dtype: str) -> dict:
         nb = cuda.gridDim.x
         t = cuda.threadIdx.x
         nt = cuda.blockDim.x
-        base = b * CTILE
-        cnt = min(CTILE, keys.shape[0] - base)
-        e = t
-        while e < cnt:
-            dig[e] = (keys[base + e] >> shift) & RMASK
-            e += nt
-        cuda.syncthreads()
+        base, cnt = cd_tile_digits(keys, dig, shift)
         r = t
         while r < RADIX:
             pos = offs[r * nb + b]
