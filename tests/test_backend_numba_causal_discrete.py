@@ -4,10 +4,8 @@
     in the backend's one kernel table (``backends/numba_cuda/_kernels.py``), so the PTX compile
     for cc 9.0 and the float32-does-no-float64 checks of ``tests/test_backend_numba.py`` cover
     them.
-(b) simulator (``NUMBA_ENABLE_CUDASIM=1``, tiny sizes): the registry's tiny cases through
-    ``refimpl._harness.check_case`` (once the family is registered) and, independently of the
-    registry, the tiny cases of ``refimpl/_cases/causal_*.py`` against the float64 reference in
-    both float dtypes; the plug-in score on mixed cards, other integer dtypes, strided X, d = 1
+(b) simulator (``NUMBA_ENABLE_CUDASIM=1``, tiny sizes; the registry's tiny cases run in
+    ``tests/test_crosscheck.py``): the plug-in score on mixed cards, other integer dtypes, strided X, d = 1
     and with the column groups of the lexicographic sort forced small; the device radix sort
     against ``numpy`` (stable argsort, duplicates); the incomplete gamma against
     ``scipy.special.gammaincc`` to 1e-12; the Cholesky and the solves against ``numpy.linalg`` at
@@ -27,10 +25,7 @@ from scipy import special
 
 from refimpl import _causal_graph as RG
 from refimpl import _causal_score as RS
-from refimpl import _harness as H
 from refimpl import _ops
-from refimpl._cases import causal_graph as CG
-from refimpl._cases import causal_score as CS
 
 pytest.importorskip("numba")
 from backends.numba_cuda import _kernels as K  # noqa: E402
@@ -45,10 +40,7 @@ PUBLIC = ("discrete_score_plugin", "gsm_marginal_loss", "leaf_statistic", "ci_te
           "stein_hessian_diag")
 REF = {"discrete_score_plugin": RS, "gsm_marginal_loss": RS, "leaf_statistic": RS,
        "ci_test_batch": RG, "stein_hessian_diag": RG}
-try:
-    OPS = _ops.select(families=["causal_discrete"])
-except Exception:  # the family is not registered yet
-    OPS = []
+OPS = _ops.select(families=["causal_discrete"])
 KERNELS = {name for name in K._SIGNATURES if name.startswith("cd_")}
 TOL = {"float64": dict(rtol=1e-10, atol=1e-10), "float32": dict(rtol=5e-4, atol=1e-5)}
 
@@ -72,23 +64,6 @@ def _same_nan_close(got, want, dtype="float64"):
 
 def _codes(rng, n, cards, dtype=np.int64):
     return np.stack([rng.integers(0, k, n) for k in cards], axis=1).astype(dtype)
-
-
-def _kwargs_on(bk, kw, dtype):
-    """A case's keyword arguments on the backend (float arrays cast to dtype; ints kept)."""
-    out = {}
-    for k, v in kw.items():
-        if isinstance(v, np.ndarray):
-            out[k] = _dev(bk, v, dtype)
-        else:
-            out[k] = v
-    return out
-
-
-def _rounded(kw, dtype):
-    return {k: (v.astype(dtype).astype(np.float64)
-                if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v)
-            for k, v in kw.items()}
 
 
 # --------------------------------------------------------------------------- (a) CPU
@@ -115,64 +90,6 @@ def test_cd_kernels_live_in_the_shared_kernel_table():
 
 
 # --------------------------------------------------------------------------- (b) simulator
-
-
-@sim_only
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("op", OPS or [None], ids=[op.name for op in OPS] or ["unregistered"])
-def test_sim_registry_cases_match_the_reference(nb, op, dtype):
-    if op is None:
-        pytest.skip("the causal_discrete family is not registered in refimpl/_ops.py yet")
-    if dtype not in op.dtypes:
-        pytest.skip(f"{op.name} runs {op.dtypes}")
-    assert H.offers(nb, op)
-    rows = []
-    for case in H.cases(op, "tiny"):
-        if case.runs_in(dtype):
-            rows += H.check_case(op, nb, dtype, case)
-    assert rows
-    bad = [(r.case, r.output, r.max_abs, r.note) for r in rows if not r.ok]
-    assert not bad, bad
-
-
-_CASES = [("discrete_score_plugin", CS.cases_discrete_score_plugin, ("float64",)),
-          ("gsm_marginal_loss", CS.cases_gsm_marginal_loss, ("float64", "float32")),
-          ("leaf_statistic", CS.cases_leaf_statistic, ("float64", "float32")),
-          ("ci_test_batch", CG.cases_ci_test_batch, ("float64",)),
-          ("stein_hessian_diag", CG.cases_stein_hessian_diag, ("float64", "float32"))]
-
-
-@sim_only
-@pytest.mark.parametrize("name,make,dtypes", _CASES, ids=[c[0] for c in _CASES])
-def test_sim_tiny_cases_match_the_reference(nb, name, make, dtypes):
-    """The family's tiny cases straight from refimpl/_cases (independent of the registry)."""
-    if name in {op.name for op in OPS}:
-        pytest.skip("registered: test_sim_registry_cases_match_the_reference runs these cases")
-    cases = make(np.random.default_rng(0), "tiny")
-    assert cases
-    for dtype in dtypes:
-        for case in cases:
-            if not case.runs_in(dtype):
-                continue
-            kw = case.inputs()
-            got = getattr(nb, name)(**_kwargs_on(nb, kw, dtype))
-            want = getattr(REF[name], name)(**_rounded(kw, dtype))
-            got = got if isinstance(got, tuple) else (got,)
-            want = want if isinstance(want, tuple) else (want,)
-            for g, w in zip(got, want):
-                gh = nb.to_numpy(g)
-                assert tuple(gh.shape) == np.shape(w), (case.label, gh.shape)
-                if name == "stein_hessian_diag":
-                    tol = dict(zip(("rtol", "atol"), CG.TOL_STEIN[dtype]["*"]))
-                    np.testing.assert_allclose(gh, w, **tol, err_msg=case.label)
-                elif np.asarray(w).dtype.kind == "i":
-                    assert gh.dtype == np.int64
-                    np.testing.assert_array_equal(gh, w, err_msg=case.label)
-                else:
-                    out_dt = "float64" if name in ("discrete_score_plugin",
-                                                   "ci_test_batch") else dtype
-                    assert str(gh.dtype) == out_dt, (case.label, gh.dtype)
-                    _same_nan_close(gh, w, dtype)
 
 
 @sim_only
