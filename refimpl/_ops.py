@@ -4,7 +4,8 @@ the reference on every backend, checked by the command, and benchmarked.
 
 An op's reference is ``refimpl.<family>.<name>``; backend ``b`` offers it as
 ``backends.get(b).<name>`` with the same signature. Cases are keyword-argument dicts of
-NumPy inputs (float arrays in float64; the harness casts them to the dtype under test).
+NumPy inputs (float arrays in float64; the harness casts them to the dtype under test and
+keeps integer arrays' dtype; tuples and lists, e.g. per-scan pairs, are converted item by item).
 """
 
 from __future__ import annotations
