@@ -257,3 +257,28 @@ def patch_backend(monkeypatch, emulator: Emulator) -> types.SimpleNamespace:
     emulator.calls.clear()
     return types.SimpleNamespace(sd=bsd, ot=bot, pref=bpref, ct=bct, iss=biss, cd=bcd,
                                  calls=emulator.calls)
+
+
+# --------------------------------------------------------------------------- GPU fixtures
+
+
+@pytest.fixture(scope="module")
+def cp():
+    """The ``cupy`` module on a machine where the cupy backend can run (else the test skips
+    with the reason); import it into a test module to use it."""
+    import backends
+
+    why = backends.available()["cupy"]
+    if why is not None:
+        pytest.skip(f"backend cupy: {why}")
+    import cupy
+
+    return cupy
+
+
+@pytest.fixture(scope="module")
+def bk(cp):
+    """``backends.cupy`` (GPU tests)."""
+    import backends
+
+    return backends.get("cupy")

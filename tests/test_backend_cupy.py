@@ -36,6 +36,7 @@ import pytest
 import backends
 import cuda_emulator
 from cuda_emulator import K
+from cuda_emulator import bk, cp  # noqa: F401 (GPU fixtures)
 from cuda_emulator import Smem as _Smem
 from refimpl import ot as ref_ot
 from refimpl import softdtw as ref_sd
@@ -618,21 +619,6 @@ def test_emulated_ot_nan_refused_and_inf_allowed(emu):
 
 
 # =========================================================================== GPU
-
-
-@pytest.fixture(scope="module")
-def cp():
-    why = backends.available()["cupy"]
-    if why is not None:
-        pytest.skip(f"backend cupy: {why}")
-    import cupy
-
-    return cupy
-
-
-@pytest.fixture(scope="module")
-def bk(cp):
-    return backends.get("cupy")
 
 
 def _scaled_cost(rng, B, N, M, d=8):

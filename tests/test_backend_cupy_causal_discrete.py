@@ -32,6 +32,7 @@ import numpy as np
 import pytest
 
 import cuda_emulator
+from cuda_emulator import bk, cp  # noqa: F401 (GPU fixtures)
 from refimpl import _causal_graph as RG
 from refimpl import _causal_score as RS
 from refimpl import causal_discrete as ref
@@ -641,25 +642,6 @@ def test_numpy_inputs_refused_by_the_real_backend():
 
 
 # =========================================================================== GPU
-
-
-@pytest.fixture(scope="module")
-def cp():
-    import backends
-
-    why = backends.available()["cupy"]
-    if why is not None:
-        pytest.skip(f"backend cupy: {why}")
-    import cupy
-
-    return cupy
-
-
-@pytest.fixture(scope="module")
-def bk(cp):
-    import backends
-
-    return backends.get("cupy")
 
 
 @pytest.mark.gpu

@@ -16,6 +16,7 @@ pytest.importorskip("matplotlib",
                     reason="the demo draws with matplotlib (pip install refimpl[demo])")
 
 from refimpl.demos import causal as demo
+from demo_run import shortened_run  # noqa: E402
 
 SHORT = {"DS": (6,), "KS": (2, 3), "NS": (1000,), "SEEDS": (0, 1),
          "LOGISTIC_NS": {6: (1000,)}, "RANDOM_PERMS": 20, "JUDGED": ("anm", 6, 2),
@@ -32,21 +33,7 @@ SACHS_EDGES = [("PIP2", "PKC"), ("plcg", "PIP2"), ("PIP3", "plcg"), ("PIP2", "PI
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
-    out = tmp_path_factory.mktemp("causal")
-    captured = {}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in SHORT.items():
-            mp.setattr(demo, k, v)
-        for name in ("simulations", "sachs"):
-            fn = getattr(demo, name)
-
-            def keep(*a, _fn=fn, _name=name, **kw):
-                captured[_name] = _fn(*a, **kw)
-                return captured[_name]
-
-            mp.setattr(demo, name, keep)
-        summary = demo.run(out)
-    return out, summary, captured
+    return shortened_run(demo, SHORT, ("simulations", "sachs"), tmp_path_factory.mktemp("causal"))
 
 
 def _sachs(summary):

@@ -16,6 +16,7 @@ pytest.importorskip("matplotlib",
 
 from refimpl import inf_ssm as R
 from refimpl.demos import inf_ssm as demo
+from demo_run import shortened_run  # noqa: E402
 
 SHORT = {"EPOCHS": 4, "SEEDS": (0, 10), "LAMS": (1e2, 1e3), "N_TRAIN": 120, "N_TEST": 60,
          "PER_SYSTEM_BUDGET_S": 0.1, "BATCHED_REPEATS": 3}
@@ -23,21 +24,7 @@ SHORT = {"EPOCHS": 4, "SEEDS": (0, 10), "LAMS": (1e2, 1e3), "N_TRAIN": 120, "N_T
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
-    out = tmp_path_factory.mktemp("inf_ssm")
-    captured = {}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in SHORT.items():
-            mp.setattr(demo, k, v)
-        for name in ("scaling", "continual"):
-            fn = getattr(demo, name)
-
-            def keep(*a, _fn=fn, _name=name, **kw):
-                captured[_name] = _fn(*a, **kw)
-                return captured[_name]
-
-            mp.setattr(demo, name, keep)
-        summary = demo.run(out)
-    return out, summary, captured
+    return shortened_run(demo, SHORT, ("scaling", "continual"), tmp_path_factory.mktemp("inf_ssm"))
 
 
 def test_files_and_verdicts(result):
