@@ -24,6 +24,7 @@ from refimpl._cases import dwa_kd as _dk
 from refimpl._cases import inf_ssm as _is
 from refimpl._cases import ot as _ot
 from refimpl._cases import preference as _pf
+from refimpl._cases import safety_ensembles as _se
 from refimpl._cases import softdtw as _sd
 
 __all__ = ["Case", "Op", "OPS", "REGISTRY", "FAMILIES", "SCALES", "get", "select"]
@@ -196,6 +197,40 @@ OPS: tuple[Op, ...] = (
     Op("stein_hessian_diag", "causal_discrete", _cg.SCORE_PAPER, ("H",),
        _cg.cases_stein_hessian_diag, _cg.TOL_STEIN,
        doc="SCORE's Stein estimate of diag Hessian of log p (Cholesky solves)"),
+    Op("harmful_perturb", "safety_ensembles", _se.ANTIBODY_PAPER, ("theta_prime",),
+       _se.cases_harmful_perturb, _se.TOL, doc="Antibody's harmful step theta - alpha g_h / (||g_h|| + eps)"),
+    Op("antibody_lambda", "safety_ensembles", _se.ANTIBODY_PAPER, ("lam_new", "lam_raw"),
+       _se.cases_antibody_lambda, _se.TOL,
+       doc="Antibody's adaptive weight (cosine of the code, or KKT) and its moving average"),
+    Op("antibody_align_direction", "safety_ensembles", _se.ANTIBODY_PAPER, ("g", "lam_new", "lam_raw"),
+       _se.cases_antibody_align_direction, _se.TOL,
+       doc="Antibody alignment direction g_s + lam (g_h - g_p) + lam2 g_r (two fused passes)"),
+    Op("antibody_weights", "safety_ensembles", _se.ANTIBODY_PAPER, ("w",), _se.cases_antibody_weights,
+       _se.TOL, doc="per-sample weights softmax((nll_refusal - nll_compliance) / tau)"),
+    Op("token_mean_nll", "safety_ensembles", _se.ANTIBODY_PAPER, ("nll", "n_tok"),
+       _se.cases_token_mean_nll, _se.TOL, dtypes=_se.WCE_DTYPES,
+       doc="per-sample token-mean NLL through a linear head (no gradient), token counts"),
+    Op("weighted_token_ce", "safety_ensembles", _se.ANTIBODY_PAPER, ("loss",),
+       _se.cases_weighted_token_ce, _se.TOL, wrt=("H", "W", "b"), vjp=_se.vjp_weighted_token_ce,
+       dtypes=_se.WCE_DTYPES, doc="w-weighted token cross-entropy through a linear head (code or paper)"),
+    Op("weighted_token_ce_grad", "safety_ensembles", _se.ANTIBODY_PAPER, ("loss", "dH", "dW", "db"),
+       _se.cases_weighted_token_ce, _se.TOL, grad_of="weighted_token_ce", dtypes=_se.WCE_DTYPES,
+       doc="fused weighted token CE forward+backward: gradients w.r.t. H, W, b"),
+    Op("dpp_logdet_diversity", "safety_ensembles", _se.IBDR_PAPER, ("LD",),
+       _se.cases_dpp_logdet_diversity, _se.TOL, wrt=("probs",), vjp=_se.vjp_dpp_logdet,
+       doc="IBDR diversity: mean log det of the Gram of normalised wrong-class probabilities"),
+    Op("ibdr_loss", "safety_ensembles", _se.IBDR_PAPER, ("loss",), _se.cases_ibdr_loss, _se.TOL,
+       wrt=("logits",), vjp=_se.vjp_ibdr_loss,
+       doc="IBDR loss: CE of the averaged logits minus alpha_div times the diversity"),
+    Op("ibdr_loss_grad", "safety_ensembles", _se.IBDR_PAPER, ("loss", "dlogits"), _se.cases_ibdr_loss,
+       _se.TOL, grad_of="ibdr_loss", doc="IBDR loss and its closed-form gradient w.r.t. the logits"),
+    Op("dro_ascent", "safety_ensembles", _se.IBDR_PAPER, ("theta_prime",), _se.cases_dro_ascent,
+       _se.TOL, doc="IBDR ascent theta + clip(g) / (2 lam)"),
+    Op("prediction_distance", "safety_ensembles", _se.IBDR_PAPER, ("d_raw",),
+       _se.cases_prediction_distance, _se.TOL,
+       doc="mean L2 distance between the softmaxes of two averaged-logit batches"),
+    Op("ibdr_dual_update", "safety_ensembles", _se.IBDR_PAPER, ("lam_new",),
+       _se.cases_ibdr_dual_update, _se.TOL, doc="IBDR dual step on lam (code barrier and clip, or paper)"),
 )
 
 REGISTRY: dict[str, Op] = {op.name: op for op in OPS}

@@ -364,9 +364,11 @@ class PrefShape(NamedTuple):
     V: int
 
 
-def pref_head(H, W, labels, mask, b=None, to_numpy: Callable = np.asarray) -> PrefShape:
+def pref_head(H, W, labels, mask, b=None, to_numpy: Callable = np.asarray,
+              paired: bool = True) -> PrefShape:
     """Validate ``H`` (R, T, d), ``W`` (V, d), ``b`` (V,) or None, integer ``labels`` (R, T) and
-    ``mask`` (R, T) (bool, integer or float with values in {0, 1}); R even (chosen rows first).
+    ``mask`` (R, T) (bool, integer or float with values in {0, 1}); ``paired``: R even (chosen
+    rows first, then rejected), else any R >= 1 (e.g. Antibody's weighted token CE).
 
     Reads ``labels`` and ``mask`` on the host (O(R T)) to check ``0 <= labels < V`` where
     mask = 1; masked labels may hold anything (e.g. -100)."""
@@ -377,9 +379,12 @@ def pref_head(H, W, labels, mask, b=None, to_numpy: Callable = np.asarray) -> Pr
     V = int(W.shape[0])
     if int(W.shape[1]) != d:
         raise ValueError(f"W must have shape (V, d) with d = {d} (H's last axis), got {tuple(W.shape)}")
-    if R % 2 or R == 0:
+    if paired and (R % 2 or R == 0):
         raise ValueError(f"H must have an even, non-zero number of rows R = 2B (chosen rows first, "
                          f"then rejected), got R = {R}")
+    if R == 0:
+        raise ValueError("H must have at least one row (an empty batch), got shape "
+                         f"{tuple(H.shape)}")
     if b is not None:
         float_array(b, "b", ndims=(1,), allowed=FLOATS + ("bfloat16",))
         same_dtype("W", W, "b", b)
@@ -1261,3 +1266,353 @@ def full_dof(kx: int, ky: int, n_strata: int) -> int:
         raise ValueError(f"df='full' has {dof} degrees of freedom, beyond int64; use "
                          f"df='adjusted' or fewer conditioning variables")
     return dof
+
+
+# ---- safety: Antibody (the helpers up to ``flat_vectors`` serve IBDR too)
+#
+# Antibody (arXiv 2603.00498), reference refimpl._antibody. Value checks of device arrays go
+# through ONE callable per call so that a GPU backend needs one host read: ``finite(*xs)``
+# returns one bool per array (compute every flag on the device, read them together);
+# ``stats(x, ...)`` returns the documented tuple of small numbers. Scalars that may arrive as
+# 0-d native arrays (``lam_ema``) are read with ``to_numpy`` (one read, documented by the
+# backends). Labels are read on the host (O(B T)), as the preference family does.
+
+ANTIBODY_LAMBDA_VARIANTS = ("cosine", "kkt")
+ANTIBODY_CE_VARIANTS = ("code", "paper")
+
+
+def _all_finite_each(*xs) -> tuple[bool, ...]:
+    """One ``all finite`` flag per array (NumPy, CuPy and torch arrays alike; non-empty)."""
+    return tuple(bool((abs(x) < math.inf).all()) for x in xs)
+
+
+def _real_scalar(v, name: str, to_numpy: Callable = np.asarray) -> float:
+    """A Python real or a 0-d (one-element) array, read to the host once."""
+    if hasattr(v, "shape") and hasattr(v, "dtype"):
+        if int(np.prod(tuple(v.shape))) != 1:
+            raise ValueError(f"{name} must be a number or a 0-d array, got shape {tuple(v.shape)}")
+        v = np.asarray(to_numpy(v)).reshape(()).item()
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+    return float(v)
+
+
+def _finite_nonneg(v, name: str) -> float:
+    """A finite Python float >= 0."""
+    v = nonneg_float(v, name)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    return v
+
+
+def flat_vectors(arrays: dict, check_finite: tuple[str, ...] = (),
+                 finite: Callable | None = None) -> int:
+    """Flat parameter/gradient vectors ``arrays`` (name -> array, the first one is the model for
+    shape and dtype): 1-D float32/float64 arrays, one shape (P,), P >= 1, one dtype. The arrays
+    named in ``check_finite`` (the gradients) must be finite: ``finite(*those) -> one bool
+    each`` (one device reduction and one host read on GPU backends). Returns P."""
+    items = list(arrays.items())
+    n0, x0 = items[0]
+    for name, x in items:
+        float_array(x, name, ndims=(1,))
+    for name, x in items[1:]:
+        same_dtype(n0, x0, name, x)
+    P = int(x0.shape[0])
+    if P < 1:
+        raise ValueError(f"{n0} must have P >= 1 entries, got shape {tuple(x0.shape)}")
+    for name, x in items[1:]:
+        if tuple(x.shape) != (P,):
+            raise ValueError(f"{name} must have the shape of {n0} ({P},), got {tuple(x.shape)}")
+    if check_finite:
+        flags = (finite or _all_finite_each)(*(arrays[n] for n in check_finite))
+        for name, ok in zip(check_finite, flags):
+            if not ok:
+                raise ValueError(f"{name} has non-finite entries")
+    return P
+
+
+def antibody_perturb_args(theta, g_h, alpha, eps, finite: Callable | None = None
+                          ) -> tuple[int, float, float]:
+    """``harmful_perturb``: theta, g_h flat vectors (g_h finite), ``alpha >= 0`` finite,
+    ``eps > 0`` finite. Returns (P, alpha, eps)."""
+    P = flat_vectors({"theta": theta, "g_h": g_h}, ("g_h",), finite)
+    return P, _finite_nonneg(alpha, "alpha"), positive_float(eps, "eps")
+
+
+def antibody_lambda_opts(lam_ema, eta, momentum, variant, to_numpy: Callable = np.asarray
+                         ) -> tuple[float | None, float, float, str]:
+    """``eta >= 0`` finite, ``0 <= momentum <= 1``, ``variant`` in ("cosine", "kkt"), ``lam_ema``
+    None or a finite number >= 0 (a Python number or a 0-d array, read once).
+    Returns (lam_ema, eta, momentum, variant)."""
+    choice(variant, "variant", ANTIBODY_LAMBDA_VARIANTS)
+    eta = _finite_nonneg(eta, "eta")
+    m = _finite_nonneg(momentum, "momentum")
+    if m > 1:
+        raise ValueError(f"momentum must lie in [0, 1], got {m}")
+    if lam_ema is not None:
+        lam_ema = _real_scalar(lam_ema, "lam_ema", to_numpy)
+        if not math.isfinite(lam_ema) or lam_ema < 0:
+            raise ValueError(f"lam_ema must be a finite number >= 0 (or None to initialise the "
+                             f"EMA), got {lam_ema}")
+    return lam_ema, eta, m, variant
+
+
+def antibody_lambda_args(g_s, d, lam_ema, eta, momentum, variant, finite: Callable | None = None,
+                         to_numpy: Callable = np.asarray) -> tuple:
+    """``antibody_lambda``: g_s, d finite flat vectors + :func:`antibody_lambda_opts`.
+    Returns (P, lam_ema, eta, momentum, variant)."""
+    opts = antibody_lambda_opts(lam_ema, eta, momentum, variant, to_numpy)
+    P = flat_vectors({"g_s": g_s, "d": d}, ("g_s", "d"), finite)
+    return (P,) + opts
+
+
+def antibody_align_args(g_s, g_h, g_p, g_r, lam_ema, eta, momentum, lam2, variant,
+                        finite: Callable | None = None, to_numpy: Callable = np.asarray) -> tuple:
+    """``antibody_align_direction``: g_s, g_h, g_p, g_r finite flat vectors of one shape and
+    dtype, ``lam2 >= 0`` finite + :func:`antibody_lambda_opts`.
+    Returns (P, lam_ema, eta, momentum, lam2, variant)."""
+    lam_ema, eta, m, variant = antibody_lambda_opts(lam_ema, eta, momentum, variant, to_numpy)
+    lam2 = _finite_nonneg(lam2, "lam2")
+    names = ("g_s", "g_h", "g_p", "g_r")
+    P = flat_vectors(dict(zip(names, (g_s, g_h, g_p, g_r))), names, finite)
+    return P, lam_ema, eta, m, lam2, variant
+
+
+def ignore_labels(labels, ignore_index, shape, V, to_numpy: Callable = np.asarray) -> np.ndarray:
+    """Integer ``labels`` of ``shape`` (B, T) (H's first two axes), each in [0, V) or equal to
+    ``ignore_index`` (an int; prompt and padding positions). Reads labels on the host once and
+    returns the host bool mask ``labels != ignore_index`` (for ``_Head(..., paired=False)``)."""
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    ignore_index = int(ignore_index)
+    shape = tuple(int(s) for s in shape)
+    if not hasattr(labels, "shape") or not hasattr(labels, "dtype"):
+        raise TypeError(f"labels must be an integer array of shape {shape}, got "
+                        f"{type(labels).__name__}")
+    if tuple(labels.shape) != shape:
+        raise ValueError(f"labels must have shape {shape} (H's first two axes), got "
+                         f"{tuple(labels.shape)}")
+    y = np.asarray(to_numpy(labels))
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"labels must be an integer array, got dtype {y.dtype}")
+    m = y != ignore_index
+    if m.any():
+        ym = y[m]
+        lo, hi = int(ym.min()), int(ym.max())
+        if lo < 0 or hi >= V:
+            raise ValueError(f"labels must lie in [0, {V}) or equal ignore_index = {ignore_index}, "
+                             f"got other values in [{lo}, {hi}]")
+    return m
+
+
+def antibody_head_args(H, W, labels, ignore_index, token_chunk, vocab_chunk,
+                       to_numpy: Callable = np.asarray) -> tuple[np.ndarray, tuple]:
+    """The token-level ops: ``H`` (B, T, d) and ``W`` (V, d) float arrays (the full check, ``b``
+    included, is then ``pref_head(..., paired=False)`` inside the head), integer ``labels``
+    (B, T) via :func:`ignore_labels`, chunk sizes. Returns (host bool mask, chunks)."""
+    float_array(H, "H", ndims=(3,), allowed=FLOATS + ("bfloat16",))
+    float_array(W, "W", ndims=(2,), allowed=FLOATS + ("bfloat16",))
+    mask = ignore_labels(labels, ignore_index, tuple(H.shape[:2]), int(W.shape[0]), to_numpy)
+    return mask, pref_chunks(token_chunk, vocab_chunk)
+
+
+def _default_antibody_wstats(w) -> tuple[bool, float]:
+    return bool((abs(w) < math.inf).all()), float(w.min())
+
+
+def antibody_sample_weights(w, B: int, like, stats: Callable | None = None) -> None:
+    """Sample weights ``w``: float (B,) of ``like``'s (H's) dtype, finite, >= 0 (they are
+    treated as constants; the code's softmax weights sum to 1, but any w >= 0 is accepted).
+    ``stats(w) -> (all finite, min)`` (one host read on GPU backends)."""
+    float_array(w, "w", ndims=(1,), allowed=FLOATS + ("bfloat16",))
+    same_dtype("H", like, "w", w)
+    if tuple(w.shape) != (B,):
+        raise ValueError(f"w must have shape ({B},) (one weight per row of H), got "
+                         f"{tuple(w.shape)}")
+    if B == 0:
+        return
+    ok, lo = (stats or _default_antibody_wstats)(w)
+    if not ok:
+        raise ValueError("w contains NaN or inf")
+    if lo < 0:
+        raise ValueError(f"w must be >= 0, got a minimum of {lo}")
+
+
+def antibody_ce_variant(variant) -> str:
+    return choice(variant, "variant", ANTIBODY_CE_VARIANTS)
+
+
+def antibody_weights_args(nll_c, nll_r, tau, finite: Callable | None = None) -> tuple[int, float]:
+    """``antibody_weights``: nll_c, nll_r float (B,) of one shape and dtype, B >= 1, finite
+    (``finite(nll_c, nll_r) -> (bool, bool)``); ``tau > 0`` finite. Returns (B, tau)."""
+    tau = positive_float(tau, "tau")
+    float_array(nll_c, "nll_c", ndims=(1,), allowed=FLOATS + ("bfloat16",))
+    float_array(nll_r, "nll_r", ndims=(1,), allowed=FLOATS + ("bfloat16",))
+    same_dtype("nll_c", nll_c, "nll_r", nll_r)
+    if tuple(nll_r.shape) != tuple(nll_c.shape):
+        raise ValueError(f"nll_r must have the shape of nll_c {tuple(nll_c.shape)}, got "
+                         f"{tuple(nll_r.shape)}")
+    B = int(nll_c.shape[0])
+    if B < 1:
+        raise ValueError("nll_c has an empty batch (B = 0); B >= 1 is needed")
+    ok_c, ok_r = (finite or _all_finite_each)(nll_c, nll_r)
+    if not ok_c:
+        raise ValueError("nll_c contains NaN or inf")
+    if not ok_r:
+        raise ValueError("nll_r contains NaN or inf")
+    return B, tau
+
+
+# ---- safety: IBDR
+#
+# IBDR (arXiv 2506.07247), reference refimpl._ibdr. Value checks of device arrays go through ONE
+# callable per call, so a GPU backend needs one host read: ``stats(x, y)`` returns
+# ``(all finite, min x, min y, max y)`` of the (K, B, C) input and the (B,) labels (compute the
+# four numbers on the device, read them together), ``finite(*xs)`` returns one bool per array.
+# Scalars that may arrive as 0-d arrays (``lam`` of dro_ascent, ``distance`` of the dual
+# update) are read with ``to_numpy`` (one read each, documented by the backends).
+
+IBDR_VARIANTS = ("code", "paper")
+IBDR_DUAL_VARIANTS = ("code", "paper")
+IBDR_INTS = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+
+
+def _default_ibdr_stats(x, y) -> tuple[bool, float, int, int]:
+    """``(all finite, min x, min y, max y)`` for NumPy, CuPy and torch arrays alike (non-empty)."""
+    return bool((abs(x) < math.inf).all()), float(x.min()), int(y.min()), int(y.max())
+
+
+def _ibdr_real(v, name: str, to_numpy: Callable) -> float:
+    """:func:`_real_scalar`, finite."""
+    v = _real_scalar(v, name, to_numpy)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    return v
+
+
+def ibdr_particles(x, y, name: str, nonneg: bool, need_diversity: bool, context: str = "",
+                   stats: Callable | None = None) -> tuple[int, int, int]:
+    """Particle outputs ``x`` (K, B, C) (``probs`` or ``logits``) of float32/float64, finite (and
+    >= 0 when ``nonneg``), with integer labels ``y`` (B,) in [0, C); B >= 1. With the diversity
+    term (``need_diversity``) K >= 2 and C >= 3, else K >= 1 and C >= 2. ``stats(x, y)`` is
+    :func:`_default_ibdr_stats`' contract (one host read on GPU backends). Returns (K, B, C)."""
+    float_array(x, name, ndims=(3,))
+    if not hasattr(y, "shape") or not hasattr(y, "dtype"):
+        raise TypeError(f"y must be an integer array (B,), got {type(y).__name__}")
+    if dtype_name(y) not in IBDR_INTS:
+        raise TypeError(f"y must be an integer array (class indices), got dtype {dtype_name(y)}")
+    K, B, C = (int(s) for s in x.shape)
+    if len(y.shape) != 1 or int(y.shape[0]) != B:
+        raise ValueError(f"y must have shape (B,) = ({B},) (one label per row of {name} "
+                         f"{tuple(x.shape)}), got {tuple(y.shape)}")
+    if B < 1:
+        raise ValueError(f"{name} has an empty batch (B = 0); B >= 1 is needed")
+    if K < 1:
+        raise ValueError(f"{name} must have K >= 1 particles, got K = 0")
+    if need_diversity:
+        if K < 2:
+            raise ValueError(f"K >= 2 particles are needed for the diversity term{context}, "
+                             f"got K = {K}")
+        if C == 2:
+            raise ValueError(f"{name} has C = 2 classes: every qh is the scalar 1 and LD is "
+                             f"constant; the diversity term{context} needs C >= 3")
+        if C < 3:
+            raise ValueError(f"{name} must have C >= 3 classes for the diversity term{context}, "
+                             f"got C = {C}")
+    elif C < 2:
+        raise ValueError(f"{name} must have C >= 2 classes, got C = {C}")
+    ok, xmin, ymin, ymax = (stats or _default_ibdr_stats)(x, y)
+    if not ok:
+        raise ValueError(f"{name} contains NaN or inf")
+    if nonneg and xmin < 0:
+        raise ValueError(f"{name} must be >= 0 (probabilities), got a minimum of {xmin}")
+    if ymin < 0 or ymax >= C:
+        raise ValueError(f"y must hold class indices in [0, C) = [0, {C}), got values in "
+                         f"[{ymin}, {ymax}]")
+    return K, B, C
+
+
+def ibdr_dpp_args(probs, y, jitter, stats: Callable | None = None) -> tuple[int, int, int, float]:
+    """``dpp_logdet_diversity``: probs (K, B, C), K >= 2, C >= 3, finite, >= 0; y (B,) int in
+    [0, C); ``jitter > 0``. Returns (K, B, C, jitter)."""
+    K, B, C = ibdr_particles(probs, y, "probs", True, True, "", stats)
+    return K, B, C, positive_float(jitter, "jitter")
+
+
+def ibdr_loss_args(logits, y, alpha_div, jitter, variant,
+                   stats: Callable | None = None) -> tuple[int, int, int, float, float, str]:
+    """``ibdr_loss(_grad)``: logits (K, B, C) finite, y (B,) int in [0, C); ``alpha_div >= 0``
+    finite (K >= 2 and C >= 3 when alpha_div != 0, else K >= 1 and C >= 2); ``jitter > 0``;
+    ``variant`` in ("code", "paper"). Returns (K, B, C, alpha_div, jitter, variant)."""
+    alpha_div = _finite_nonneg(alpha_div, "alpha_div")
+    jitter = positive_float(jitter, "jitter")
+    choice(variant, "variant", IBDR_VARIANTS)
+    K, B, C = ibdr_particles(logits, y, "logits", False, alpha_div != 0,
+                             " (alpha_div != 0)", stats)
+    return K, B, C, alpha_div, jitter, variant
+
+
+def ibdr_ascent_args(theta, g, lam, clip, finite: Callable | None = None,
+                     to_numpy: Callable = np.asarray) -> tuple[int, float, float]:
+    """``dro_ascent``: theta, g flat vectors (g finite); ``lam > 0`` finite (a Python number or a
+    0-d array, read once); ``clip > 0`` finite. Returns (P, lam, clip)."""
+    P = flat_vectors({"theta": theta, "g": g}, ("g",), finite)
+    lam = _ibdr_real(lam, "lam", to_numpy)
+    if lam <= 0:
+        raise ValueError(f"lam must be > 0 (the ascent step is g / (2 lam)), got {lam}")
+    clip = positive_float(clip, "clip")
+    return P, lam, clip
+
+
+def ibdr_prediction_pair(new, old, finite: Callable | None = None) -> tuple[int, int]:
+    """``prediction_distance``: logits_bar_new, logits_bar_old float (B, C) of one shape and
+    dtype, finite, B >= 1, C >= 2 (``finite(new, old) -> (bool, bool)``). Returns (B, C)."""
+    float_array(new, "logits_bar_new", ndims=(2,))
+    float_array(old, "logits_bar_old", ndims=(2,))
+    same_dtype("logits_bar_new", new, "logits_bar_old", old)
+    if tuple(old.shape) != tuple(new.shape):
+        raise ValueError(f"logits_bar_old must have the shape of logits_bar_new "
+                         f"{tuple(new.shape)}, got {tuple(old.shape)}")
+    B, C = (int(s) for s in new.shape)
+    if B < 1:
+        raise ValueError("logits_bar_new has an empty batch (B = 0); B >= 1 is needed")
+    if C < 2:
+        raise ValueError(f"logits_bar_new must have C >= 2 classes, got C = {C}")
+    ok_new, ok_old = (finite or _all_finite_each)(new, old)
+    if not ok_new:
+        raise ValueError("logits_bar_new contains NaN or inf")
+    if not ok_old:
+        raise ValueError("logits_bar_old contains NaN or inf")
+    return B, C
+
+
+def ibdr_dual_args(lam, distance, lr, bound, temp, lo, hi, variant,
+                   to_numpy: Callable = np.asarray) -> tuple[float, ...]:
+    """``ibdr_dual_update``: ``lam`` finite (>= 0 for "paper"), ``distance`` finite >= 0 (a
+    Python number or a 0-d array, read to the host once), ``lr >= 0``, ``bound >= 0``,
+    ``temp > 0``, ``0 <= lo <= hi`` (all finite), ``variant`` in ("code", "paper").
+    ``variant="fisher"`` is refused with the reason (see refimpl._ibdr).
+    Returns (lam, distance, lr, bound, temp, lo, hi, variant) as Python floats / str."""
+    if variant == "fisher":
+        raise ValueError("variant='fisher' is not implemented: the official code's symmetric-KL "
+                         "ascent (utils.DRO.step1) steps by 1/(2 lam g), which looks like a bug; "
+                         "use variant 'code' or 'paper'")
+    choice(variant, "variant", IBDR_DUAL_VARIANTS)
+    lam = _ibdr_real(lam, "lam", to_numpy)
+    if variant == "paper" and lam < 0:
+        raise ValueError(f"lam must be >= 0 for variant='paper' (projected onto lam >= 0), got {lam}")
+    distance = _ibdr_real(distance, "distance", to_numpy)
+    if distance < 0:
+        raise ValueError(f"distance must be >= 0, got {distance}")
+    lr, bound, lo, hi = (_finite_nonneg(v, name) for v, name in
+                         ((lr, "lr"), (bound, "bound"), (lo, "lo"), (hi, "hi")))
+    temp = positive_float(temp, "temp")
+    if lo > hi:
+        raise ValueError(f"lo must be <= hi, got lo = {lo}, hi = {hi}")
+    return lam, distance, lr, bound, temp, lo, hi, variant
+
+
+def ibdr_gram_not_positive_definite(jitter: float) -> ValueError:
+    """A failed Cholesky of ``M_b = Qh_b Qh_b^T + jitter I`` (float64 on every backend)."""
+    return ValueError(f"M_b = Qh_b Qh_b^T + jitter I is not numerically positive definite "
+                      f"(jitter = {jitter}); use a larger jitter")

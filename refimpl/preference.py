@@ -91,13 +91,13 @@ __all__ = [
 class _Head:
     """Compacted float64 head inputs: the n tokens with m = 1, their rows and labels."""
 
-    def __init__(self, H, W, labels, mask, b):
+    def __init__(self, H, W, labels, mask, b, paired=True):
         H = V.host_array(H, "H")
         W = V.host_array(W, "W")
         labels = V.host_array(labels, "labels")
         mask = V.host_array(mask, "mask")
         b = None if b is None else V.host_array(b, "b")
-        self.shape = V.pref_head(H, W, labels, mask, b)
+        self.shape = V.pref_head(H, W, labels, mask, b, paired=paired)
         R, T, d, _ = self.shape
         m = V.pref_mask(mask).reshape(-1)
         self.idx = np.flatnonzero(m)                       # flat (r, t) of active tokens

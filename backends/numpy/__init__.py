@@ -20,6 +20,11 @@ from refimpl.ot import (emd, emd_grad, pairwise_cost, sinkhorn, sinkhorn_cost,  
 from refimpl.preference import (dpo_loss, dpo_loss_grad, linear_dpo_loss,  # noqa: F401
                                 linear_dpo_loss_grad, logits_sam_dpo, logits_sam_dpo_grad,
                                 seq_logps)
+from refimpl.safety_ensembles import (  # noqa: F401
+    antibody_align_direction, antibody_lambda, antibody_weights, dpp_logdet_diversity, dro_ascent,
+    harmful_perturb, ibdr_dual_update, ibdr_loss, ibdr_loss_grad, prediction_distance,
+    token_mean_nll, weighted_token_ce, weighted_token_ce_grad,
+)
 from refimpl.softdtw import (sdtw_cost, sdtw_cost_vjp, soft_dtw, soft_dtw_divergence,  # noqa: F401
                              soft_dtw_divergence_grad, soft_dtw_grad)
 
