@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch")
 if backends.reason("torch") is not None:
     pytest.skip(f"backend torch: {backends.reason('torch')}", allow_module_level=True)
 
+from autograd_saved import saved_numels
 from backends.torch import inf_ssm as T
 from refimpl import inf_ssm as R
 
@@ -251,31 +252,19 @@ def test_chunked_sweep_equals_one_chunk(monkeypatch, chunk_systems):
         assert_close(g, h, atol=1e-15, rtol=1e-14)
 
 
-def _saved_numels(fn):
-    """Numels of every tensor autograd saves while ``fn()`` runs."""
-    sizes = []
-
-    def pack(t):
-        sizes.append(t.numel())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return out, sizes
-
 
 def test_code_function_saves_nothing_quadratic():
     """The code variant keeps a, c, b, e and two per-system scalars: O(m (n1 + n2)), no
     tensor with n1 n2 entries per system (the (m, 2n, 2n) P of the code is never kept)."""
     m, n1, n2 = 64, 8, 8
     leaves = [tt(x).requires_grad_(True) for x in distance_case(14, (m,), n1, n2)]
-    d, sizes = _saved_numels(lambda: T.infssm_distance(*leaves))
+    d, sizes = saved_numels(lambda: T.infssm_distance(*leaves))
     assert sum(sizes) <= m * (2 * n1 + 2 * n2 + 2)
     assert max(sizes) < m * n1 * n2
     saved = d.grad_fn.saved_tensors if hasattr(d.grad_fn, "saved_tensors") else ()
     assert all(t.numel() <= m * max(n1, n2) for t in saved)
     # the official construction keeps (m, 2n, 2n) tensors: the contrast the spec measures
-    _, sizes = _saved_numels(lambda: T._code_path_distance(*leaves))
+    _, sizes = saved_numels(lambda: T._code_path_distance(*leaves))
     assert max(sizes) >= m * (n1 + n2) ** 2 // 4
 
 
@@ -361,7 +350,7 @@ def test_mamba_channel_blocks_and_saved(monkeypatch):
 
     def run():
         leaves = [tt(k[x]).requires_grad_(True) for x in ("delta_raw", "A_log", "C")]
-        (a, c), sizes = _saved_numels(lambda: T.mamba_ac_from_scan(*leaves))
+        (a, c), sizes = saved_numels(lambda: T.mamba_ac_from_scan(*leaves))
         grads = torch.autograd.grad((a * a).sum() + c.sum(), leaves)
         return a, grads, sizes
 

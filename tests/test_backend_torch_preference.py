@@ -17,6 +17,7 @@ if backends.reason("torch") is not None:
 
 import torch.nn.functional as F
 
+from autograd_saved import saved_numels
 from backends.torch import preference as P
 
 HAVE_REF = importlib.util.find_spec("refimpl.preference") is not None
@@ -383,17 +384,6 @@ def test_bf16_vs_float64_upcast():
 # --------------------------------------------------------------------------- memory
 
 
-def _saved_numels(fn):
-    sizes = []
-
-    def pack(t):
-        sizes.append(t.numel())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return out, sizes
-
 
 def test_no_n_by_v_tensor_saved_when_chunked():
     H, W, b, labels, mask, ref = make_case(B=2, T=16, d=4, V=300, seed=15, prompt=0)
@@ -401,13 +391,13 @@ def test_no_n_by_v_tensor_saved_when_chunked():
     n = int(mask.sum())
     NV = n * W.shape[0]
     assert n * H.shape[-1] < NV and W.numel() < NV
-    _, dense_sizes = _saved_numels(lambda: dense_loss(*leaves, labels, mask, ref, 0.5))
+    _, dense_sizes = saved_numels(lambda: dense_loss(*leaves, labels, mask, ref, 0.5))
     assert max(dense_sizes) >= NV            # the hook sees the dense path's logits
     for fn in (lambda: P.linear_dpo_loss(*leaves[:2], labels, mask, ref, 0.5, leaves[2],
                                          token_chunk=8, vocab_chunk=64),
                lambda: P.logits_sam_dpo(*leaves[:2], labels, mask, ref, 0.5, 0.01, leaves[2],
                                         token_chunk=8, vocab_chunk=64)):
-        L, sizes = _saved_numels(fn)
+        L, sizes = saved_numels(fn)
         assert sizes and max(sizes) < NV, max(sizes)
         L.backward()
 

@@ -1303,6 +1303,462 @@ __device__ __forceinline__ void cd_ci_stat(const long long* __restrict__ sk, lon
 }
 """
 
+_SAFETY = r"""
+// ---------------------------------------------------------------- safety ensembles (safety_ensembles.md A.2, B.2)
+// Antibody's flat-vector passes and IBDR's fused per-row loss + gradient. Flat vectors:
+// one reduction pass (se_flat_partial: per-block partials; se_flat_finish: one block folds
+// them in a fixed order and derives the step's scalar ON THE DEVICE), then one elementwise
+// pass reading that scalar from device memory (se_align_apply, se_axpy_apply).
+// Sums accumulate in T (float32 for float32 input); IBDR's K x K Gram, its Cholesky, logdet
+// and inverse are float64 in every instantiation.
+
+#define SE_KMAX 8                          // particles supported by the fused IBDR kernel
+#define SE_NG (SE_KMAX * (SE_KMAX + 1) / 2) // packed upper triangle of the Gram
+#define SE_MAXW 8                          // warps per block (blocks of <= 256 threads)
+#define SE_NPART 7                         // values per block partial of se_flat_partial
+
+// Block-wide reduction of N values per thread, in place (op 0: sum, 1: max); every thread
+// gets the results. Same order for every thread (warp shuffles, then warps 0, 1, ...).
+// red: __shared__ U[SE_MAXW * N]; blockDim.x a multiple of 32, at most 32 * SE_MAXW.
+template <typename U, int N>
+__device__ __forceinline__ void se_block_reduce(U (&v)[N], int op, U* red) {
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    for (int off = 16; off > 0; off >>= 1) {
+      const U o = __shfl_xor_sync(0xffffffffu, v[i], off);
+      v[i] = op ? (o > v[i] ? o : v[i]) : v[i] + o;
+    }
+  }
+  __syncthreads();                        // earlier readers of red are done
+  if (lane == 0) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) red[w * N + i] = v[i];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    U r = red[i];
+    for (int k = 1; k < nw; ++k) {
+      const U o = red[k * N + i];
+      r = op ? (o > r ? o : r) : r + o;
+    }
+    v[i] = r;
+  }
+}
+
+// Pass 1 of the flat-vector ops, one partial row of SE_NPART values per block:
+//   [0] <x, d>   [1] ||d||^2   [2] ||x||^2   [3..6] non-finite counts of x, y, z, r
+// mode 0 (align direction): x = g_s, d = y - z formed on the fly (y = g_h, z = g_p), r = g_r
+//        only checked (its finiteness folded into this pass: no extra read of g_r);
+// mode 1 (lambda): x = g_s, d = y (z, r unread);
+// mode 2 (norm): ||x||^2 only (y, z, r unread).
+// Threads grid-stride over the P entries; sums in T.
+template <typename T>
+__device__ __forceinline__ void se_flat_partial(const T* __restrict__ x, const T* __restrict__ y,
+                                                const T* __restrict__ z, const T* __restrict__ r,
+                                                long long P, int mode, T* __restrict__ part) {
+  __shared__ T red[SE_MAXW * SE_NPART];
+  T v[SE_NPART];
+#pragma unroll
+  for (int i = 0; i < SE_NPART; ++i) v[i] = (T)0;
+  const long long stride = (long long)gridDim.x * blockDim.x;
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < P; i += stride) {
+    const T a = x[i];
+    v[2] += a * a;
+    if (!ri_finite(a)) v[3] += (T)1;
+    if (mode != 2) {
+      const T b = y[i];
+      if (!ri_finite(b)) v[4] += (T)1;
+      T d = b;
+      if (mode == 0) {
+        const T c = z[i], e = r[i];
+        if (!ri_finite(c)) v[5] += (T)1;
+        if (!ri_finite(e)) v[6] += (T)1;
+        d = b - c;
+      }
+      v[0] += a * d;
+      v[1] += d * d;
+    }
+  }
+  se_block_reduce<T, SE_NPART>(v, 0, red);
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int i = 0; i < SE_NPART; ++i) part[(long long)blockIdx.x * SE_NPART + i] = v[i];
+  }
+}
+
+// Pass 1, second half: ONE block folds the nparts partial rows (fixed order) and derives the
+// step scalar on the device. out (8 values):
+//   [0] the scalar of pass 2: lam_new (modes 0, 1), the axpy coefficient (modes 2, 3)
+//   [1] lam_raw (modes 0, 1)     [2..5] non-finite counts of x, y, z, r     [6] ||x||^2
+//   [7] <x, d>
+// mode 0/1: kkt = 0: lam_raw = max(eta - <x,d> / (||d|| ||x|| + 1e-8), 0)
+//           kkt = 1: lam_raw = max(eta - <x,d> / (||d||^2 + 1e-8), 0)
+//           has_ema 0: lam_new = lam_raw; 1: m ema_val + (1 - m) lam_raw; 2: the same with
+//           the EMA read from ema_ptr[0] (a 0-d device array: no host round trip)
+// mode 2 (harmful_perturb): coef = a / (||x|| + e)                   (a = -alpha, e = eps)
+// mode 3 (dro_ascent):      coef = min(1, a / (||x|| + e)) * f       (a = clip, e = 1e-6,
+//                                                                     f = 1 / (2 lam))
+template <typename T>
+__device__ __forceinline__ void se_flat_finish(const T* __restrict__ part, int nparts, int mode,
+                                               int kkt, T eta, T momentum, int has_ema, T ema_val,
+                                               const T* __restrict__ ema_ptr, T a, T e, T f,
+                                               T* __restrict__ out) {
+  __shared__ T red[SE_MAXW * SE_NPART];
+  T v[SE_NPART];
+#pragma unroll
+  for (int i = 0; i < SE_NPART; ++i) v[i] = (T)0;
+  for (int p = threadIdx.x; p < nparts; p += blockDim.x) {
+#pragma unroll
+    for (int i = 0; i < SE_NPART; ++i) v[i] += part[(long long)p * SE_NPART + i];
+  }
+  se_block_reduce<T, SE_NPART>(v, 0, red);
+  if (threadIdx.x == 0) {
+    const T dot = v[0], dd = v[1], ss = v[2];
+    T s0 = (T)0, raw = (T)0;
+    if (mode <= 1) {
+      const T den = kkt ? dd + (T)1e-8 : sqrt(dd) * sqrt(ss) + (T)1e-8;
+      raw = eta - dot / den;
+      raw = raw > (T)0 ? raw : (raw == raw ? (T)0 : raw);
+      if (has_ema == 0) s0 = raw;
+      else {
+        const T m = momentum;
+        const T prev = has_ema == 1 ? ema_val : ema_ptr[0];
+        s0 = m * prev + ((T)1 - m) * raw;
+      }
+    } else if (mode == 2) {
+      s0 = a / (sqrt(ss) + e);
+    } else {
+      T fac = a / (sqrt(ss) + e);
+      fac = fac < (T)1 ? fac : (T)1;
+      s0 = fac * f;
+    }
+    out[0] = s0;
+    out[1] = raw;
+    out[2] = v[3];
+    out[3] = v[4];
+    out[4] = v[5];
+    out[5] = v[6];
+    out[6] = ss;
+    out[7] = dot;
+  }
+}
+
+// Pass 2 of antibody_align_direction: g = g_s + lam (g_h - g_p) + lam2 g_r, lam = coef[0]
+// (written by se_flat_finish on the device). Threads grid-stride over P.
+template <typename T>
+__device__ __forceinline__ void se_align_apply(const T* __restrict__ gs, const T* __restrict__ gh,
+                                               const T* __restrict__ gp, const T* __restrict__ gr,
+                                               const T* __restrict__ coef, T lam2, long long P,
+                                               T* __restrict__ g) {
+  const T lam = coef[0];
+  const long long stride = (long long)gridDim.x * blockDim.x;
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < P; i += stride)
+    g[i] = gs[i] + lam * (gh[i] - gp[i]) + lam2 * gr[i];
+}
+
+// Pass 2 of harmful_perturb / dro_ascent: out = x + coef[0] g.
+template <typename T>
+__device__ __forceinline__ void se_axpy_apply(const T* __restrict__ x, const T* __restrict__ g,
+                                              const T* __restrict__ coef, long long P,
+                                              T* __restrict__ out) {
+  const T c = coef[0];
+  const long long stride = (long long)gridDim.x * blockDim.x;
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < P; i += stride)
+    out[i] = x[i] + c * g[i];
+}
+
+// IBDR, one block per row b (blocks grid-stride over the B rows). X (K, B, C): logits
+// (mode 0: code, 1: paper) or probabilities (mode 2: dpp_logdet_diversity, P = X, no softmax).
+// Per row:
+//   A) block max of every particle's logits and of Fbar = (1/K) sum_k F_k, min of X, and the
+//      count of non-finite entries;   B) block sums of exp -> lse_k, lse(Fbar);
+//   CE_b = lse(Fbar) - Fbar_y (code) or (1/K) sum_k (lse_k - F_ky) (paper);
+//   C) (diversity) S_ij = sum_{c != y} P_ic P_jc in float64 (packed upper triangle), then
+//      thread 0: nn_k = max(||Q_k||, 1e-12), G = S / (nn nn^T), M = G + jitter I, Cholesky,
+//      logdet, M^{-1} (float64, shared memory); w = 1 (code/dpp) or det M (paper);
+//      pr_k = <qh_k, g_k> = 2 w (M^{-1} G)_kk, proj_k = pr_k where ||Q_k|| >= 1e-12 else 0
+//      (F.normalize's clamp), r_k = <P_k, gP_k> = pr_k - proj_k G_kk (P_kc = nn_k qh_kc);
+//   D) (need_grad) per class: g_kc = 2 w sum_j Minv_kj qh_jc,
+//      gQ_kc = (g_kc - proj_k qh_kc) / nn_k (0 at c = y), and
+//      dX_kc = dCE_kc - (alpha / B) P_kc (gQ_kc - r_k),
+//      dCE_kc = (softmax(Fbar)_c - [c = y]) / (K B) (code) or (P_kc - [c = y]) / (K B) (paper).
+// rowout (B, 5) float64: CE_b, logdet M_b (code, dpp) or det M_b (paper) (0 without the
+// diversity term), non-finite count, min of X over the row, 1 if the Cholesky failed.
+// A label outside [0, C) is read as "no class removed" (validation raises afterwards; no
+// out-of-bounds access). K <= SE_KMAX (the host refuses more).
+template <typename T>
+__device__ __forceinline__ void se_ibdr_rows(const T* __restrict__ X, const long long* __restrict__ y,
+                                             int K, long long B, int C, int mode, int diversity,
+                                             double alpha, double jitter, int need_grad,
+                                             double* __restrict__ rowout, T* __restrict__ dX) {
+  __shared__ T redT[SE_MAXW * (SE_KMAX + 3)];
+  __shared__ double redD[SE_MAXW * SE_NG];
+  __shared__ double sInv[SE_KMAX * SE_KMAX];
+  __shared__ double sAux[4 * SE_KMAX + 2];          // nn, proj, r, big; coefg, unused
+  const T inf = RiNum<T>::inf();
+  const long long BC = B * (long long)C;
+  const T invK = (T)1 / (T)K;
+  const bool probs = mode == 2;
+  for (long long b = blockIdx.x; b < B; b += gridDim.x) {
+    const long long y0 = y[b];
+    const int yb = (y0 >= 0 && y0 < (long long)C) ? (int)y0 : -1;
+    const T* __restrict__ Xb = X + b * (long long)C;
+    // ---- A) maxima (slots 0..K-1 particles, SE_KMAX Fbar), -min, non-finite flag
+    T va[SE_KMAX + 3];
+#pragma unroll
+    for (int k = 0; k < SE_KMAX + 2; ++k) va[k] = -inf;
+    va[SE_KMAX + 2] = (T)0;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+      T fb = (T)0;
+#pragma unroll
+      for (int k = 0; k < SE_KMAX; ++k) {
+        if (k < K) {
+          const T x = Xb[k * BC + c];
+          va[k] = x > va[k] ? x : va[k];
+          va[SE_KMAX + 1] = -x > va[SE_KMAX + 1] ? -x : va[SE_KMAX + 1];
+          if (!ri_finite(x)) va[SE_KMAX + 2] = (T)1;
+          fb += x;
+        }
+      }
+      fb *= invK;
+      va[SE_KMAX] = fb > va[SE_KMAX] ? fb : va[SE_KMAX];
+    }
+    se_block_reduce<T, SE_KMAX + 3>(va, 1, redT);
+    // ---- B) sums of exp (logits only)
+    T lse[SE_KMAX + 1];
+#pragma unroll
+    for (int k = 0; k <= SE_KMAX; ++k) lse[k] = (T)0;
+    if (!probs) {
+      T vs[SE_KMAX + 1];
+#pragma unroll
+      for (int k = 0; k <= SE_KMAX; ++k) vs[k] = (T)0;
+      for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        T fb = (T)0;
+#pragma unroll
+        for (int k = 0; k < SE_KMAX; ++k) {
+          if (k < K) {
+            const T x = Xb[k * BC + c];
+            vs[k] += RiNum<T>::ex(x - va[k]);
+            fb += x;
+          }
+        }
+        fb *= invK;
+        vs[SE_KMAX] += RiNum<T>::ex(fb - va[SE_KMAX]);
+      }
+      se_block_reduce<T, SE_KMAX + 1>(vs, 0, redT);
+#pragma unroll
+      for (int k = 0; k <= SE_KMAX; ++k) lse[k] = va[k] + RiNum<T>::lg(vs[k]);
+    }
+    // ---- C) the Gram in float64, Cholesky, logdet, inverse
+    double logdet = 0.0, fail = 0.0, wdet = 0.0;
+    if (diversity) {
+      double g[SE_NG];
+#pragma unroll
+      for (int i = 0; i < SE_NG; ++i) g[i] = 0.0;
+      for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        if (c == yb) continue;
+        double p[SE_KMAX];
+#pragma unroll
+        for (int k = 0; k < SE_KMAX; ++k) {
+          p[k] = 0.0;
+          if (k < K) {
+            const T x = Xb[k * BC + c];
+            p[k] = probs ? (double)x : (double)RiNum<T>::ex(x - lse[k]);
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < SE_KMAX; ++j) {
+#pragma unroll
+          for (int i = 0; i <= j; ++i) g[j * (j + 1) / 2 + i] += p[i] * p[j];
+        }
+      }
+      se_block_reduce<double, SE_NG>(g, 0, redD);
+      if (threadIdx.x == 0) {
+        double nn[SE_KMAX], Gm[SE_KMAX * SE_KMAX], L[SE_KMAX * SE_KMAX], Li[SE_KMAX * SE_KMAX];
+        for (int k = 0; k < K; ++k) {
+          const double n = sqrt(g[k * (k + 1) / 2 + k]);
+          sAux[3 * SE_KMAX + k] = (n >= 1e-12) ? 1.0 : 0.0;
+          nn[k] = n >= 1e-12 ? n : 1e-12;
+        }
+        for (int j = 0; j < K; ++j)
+          for (int i = 0; i <= j; ++i) {
+            const double v = g[j * (j + 1) / 2 + i] / (nn[i] * nn[j]);
+            Gm[i * SE_KMAX + j] = v;
+            Gm[j * SE_KMAX + i] = v;
+          }
+        for (int j = 0; j < K; ++j) {               // Cholesky of M = G + jitter I
+          double s = Gm[j * SE_KMAX + j] + jitter;
+          for (int k = 0; k < j; ++k) s -= L[j * SE_KMAX + k] * L[j * SE_KMAX + k];
+          if (!(s > 0.0)) { fail = 1.0; s = 1.0; }
+          const double ljj = sqrt(s);
+          L[j * SE_KMAX + j] = ljj;
+          logdet += log(s);
+          for (int i = j + 1; i < K; ++i) {
+            double t = Gm[i * SE_KMAX + j];
+            for (int k = 0; k < j; ++k) t -= L[i * SE_KMAX + k] * L[j * SE_KMAX + k];
+            L[i * SE_KMAX + j] = t / ljj;
+          }
+        }
+        for (int col = 0; col < K; ++col)           // L^{-1} (lower), column by column
+          for (int i = 0; i < K; ++i) {
+            if (i < col) { Li[i * SE_KMAX + col] = 0.0; continue; }
+            double t = (i == col) ? 1.0 : 0.0;
+            for (int k = col; k < i; ++k) t -= L[i * SE_KMAX + k] * Li[k * SE_KMAX + col];
+            Li[i * SE_KMAX + col] = t / L[i * SE_KMAX + i];
+          }
+        for (int i = 0; i < K; ++i)                 // M^{-1} = L^{-T} L^{-1}
+          for (int j = 0; j < K; ++j) {
+            double t = 0.0;
+            for (int k = (i > j ? i : j); k < K; ++k) t += Li[k * SE_KMAX + i] * Li[k * SE_KMAX + j];
+            sInv[i * SE_KMAX + j] = t;
+          }
+        wdet = mode == 1 ? exp(logdet) : 1.0;
+        const double coefg = 2.0 * wdet;
+        for (int k = 0; k < K; ++k) {
+          double t = 0.0;
+          for (int j = 0; j < K; ++j) t += sInv[k * SE_KMAX + j] * Gm[j * SE_KMAX + k];
+          const double pr = coefg * t;
+          const double proj = sAux[3 * SE_KMAX + k] > 0.0 ? pr : 0.0;
+          sAux[k] = nn[k];
+          sAux[SE_KMAX + k] = proj;
+          sAux[2 * SE_KMAX + k] = pr - proj * Gm[k * SE_KMAX + k];
+        }
+        sAux[4 * SE_KMAX] = coefg;
+      }
+      __syncthreads();
+    }
+    // ---- per-row results
+    if (threadIdx.x == 0) {
+      double ce = 0.0;
+      if (!probs && yb >= 0) {
+        if (mode == 0) {
+          T fy = (T)0;
+          for (int k = 0; k < K; ++k) fy += Xb[k * BC + yb];
+          ce = (double)(lse[SE_KMAX] - fy * invK);
+        } else {
+          T acc = (T)0;
+          for (int k = 0; k < K; ++k) acc += lse[k] - Xb[k * BC + yb];
+          ce = (double)(acc * invK);
+        }
+      }
+      double* o = rowout + b * 5;
+      o[0] = ce;
+      o[1] = diversity ? (mode == 1 ? wdet : logdet) : 0.0;
+      o[2] = (double)va[SE_KMAX + 2];
+      o[3] = -(double)va[SE_KMAX + 1];
+      o[4] = fail;
+    }
+    // ---- D) the gradient
+    if (need_grad && !probs) {
+      const T inv_kb = (T)1 / ((T)K * (T)B);
+      const double aB = alpha / (double)B;
+      for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        T pk[SE_KMAX];
+        double q[SE_KMAX];
+        T fb = (T)0;
+#pragma unroll
+        for (int k = 0; k < SE_KMAX; ++k) {
+          pk[k] = (T)0;
+          q[k] = 0.0;
+          if (k < K) {
+            const T x = Xb[k * BC + c];
+            fb += x;
+            pk[k] = RiNum<T>::ex(x - lse[k]);
+            if (diversity) q[k] = (double)pk[k] / sAux[k];
+          }
+        }
+        fb *= invK;
+        const T onehot = (c == yb) ? (T)1 : (T)0;
+        const T pbar = mode == 0 ? RiNum<T>::ex(fb - lse[SE_KMAX]) : (T)0;
+#pragma unroll
+        for (int k = 0; k < SE_KMAX; ++k) {
+          if (k < K) {
+            const T dce = ((mode == 0 ? pbar : pk[k]) - onehot) * inv_kb;
+            T out = dce;
+            if (diversity) {
+              double gk = 0.0;
+#pragma unroll
+              for (int j = 0; j < SE_KMAX; ++j)
+                if (j < K) gk += sInv[k * SE_KMAX + j] * q[j];
+              gk *= sAux[4 * SE_KMAX];
+              const double gq = (c == yb) ? 0.0 : (gk - sAux[SE_KMAX + k] * q[k]) / sAux[k];
+              const double dv = (double)pk[k] * (gq - sAux[2 * SE_KMAX + k]);
+              out = (T)((double)dce - aB * dv);
+            }
+            dX[k * BC + b * (long long)C + c] = out;
+          }
+        }
+      }
+    }
+    __syncthreads();                                // shared state is reused by the next row
+  }
+}
+
+// prediction_distance: one warp per row (rows grid-stride). d[r] = ||softmax(a_r) -
+// softmax(b_r)||_2 in T; bad[2 r], bad[2 r + 1]: 1 if a_r / b_r has a non-finite entry.
+template <typename T>
+__device__ __forceinline__ T se_warp_sum(T v) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+template <typename T>
+__device__ __forceinline__ T se_warp_max(T v) {
+  for (int off = 16; off > 0; off >>= 1) {
+    const T o = __shfl_xor_sync(0xffffffffu, v, off);
+    v = o > v ? o : v;
+  }
+  return v;
+}
+
+template <typename T>
+__device__ __forceinline__ void se_pred_dist(const T* __restrict__ a, const T* __restrict__ b,
+                                             long long rows, int C, T* __restrict__ d,
+                                             T* __restrict__ bad) {
+  const int lane = threadIdx.x & 31;
+  const int wpb = blockDim.x >> 5;
+  const T inf = RiNum<T>::inf();
+  for (long long r = (long long)blockIdx.x * wpb + (threadIdx.x >> 5); r < rows;
+       r += (long long)gridDim.x * wpb) {          // warp-uniform
+    const T* __restrict__ ar = a + r * (long long)C;
+    const T* __restrict__ br = b + r * (long long)C;
+    T ma = -inf, mb = -inf, fa = (T)0, fbad = (T)0;
+    for (int c = lane; c < C; c += 32) {
+      const T u = ar[c], v = br[c];
+      ma = u > ma ? u : ma;
+      mb = v > mb ? v : mb;
+      if (!ri_finite(u)) fa = (T)1;
+      if (!ri_finite(v)) fbad = (T)1;
+    }
+    ma = se_warp_max(ma);
+    mb = se_warp_max(mb);
+    fa = se_warp_max(fa);
+    fbad = se_warp_max(fbad);
+    T sa = (T)0, sb = (T)0;
+    for (int c = lane; c < C; c += 32) {
+      sa += RiNum<T>::ex(ar[c] - ma);
+      sb += RiNum<T>::ex(br[c] - mb);
+    }
+    sa = se_warp_sum(sa);
+    sb = se_warp_sum(sb);
+    const T la = ma + RiNum<T>::lg(sa), lb = mb + RiNum<T>::lg(sb);
+    T acc = (T)0;
+    for (int c = lane; c < C; c += 32) {
+      const T t = RiNum<T>::ex(ar[c] - la) - RiNum<T>::ex(br[c] - lb);
+      acc += t * t;
+    }
+    acc = se_warp_sum(acc);
+    if (lane == 0) {
+      d[r] = sqrt(acc);
+      bad[2 * r] = fa;
+      bad[2 * r + 1] = fbad;
+    }
+  }
+}
+"""
+
 @dataclass(frozen=True)
 class Template:
     """One kernel template: the module it lives in, its name and its parameters as
@@ -1392,11 +1848,31 @@ TEMPLATES = (
         ("const long long*", "sk"), ("long long", "m"), ("long long", "n"), ("int", "Kx"),
         ("int", "KY"), ("const long long*", "ky"), ("int", "chi2"), ("double*", "stat"),
         ("long long*", "dof"))),
+    Template("safety", "se_flat_partial", (
+        ("const T*", "x"), ("const T*", "y"), ("const T*", "z"), ("const T*", "r"),
+        ("long long", "P"), ("int", "mode"), ("T*", "part"))),
+    Template("safety", "se_flat_finish", (
+        ("const T*", "part"), ("int", "nparts"), ("int", "mode"), ("int", "kkt"), ("T", "eta"),
+        ("T", "momentum"), ("int", "has_ema"), ("T", "ema_val"), ("const T*", "ema_ptr"),
+        ("T", "a"), ("T", "e"), ("T", "f"), ("T*", "out"))),
+    Template("safety", "se_align_apply", (
+        ("const T*", "gs"), ("const T*", "gh"), ("const T*", "gp"), ("const T*", "gr"),
+        ("const T*", "coef"), ("T", "lam2"), ("long long", "P"), ("T*", "g"))),
+    Template("safety", "se_axpy_apply", (
+        ("const T*", "x"), ("const T*", "g"), ("const T*", "coef"), ("long long", "P"),
+        ("T*", "out"))),
+    Template("safety", "se_ibdr_rows", (
+        ("const T*", "X"), ("const long long*", "y"), ("int", "K"), ("long long", "B"),
+        ("int", "C"), ("int", "mode"), ("int", "diversity"), ("double", "alpha"),
+        ("double", "jitter"), ("int", "need_grad"), ("double*", "rowout"), ("T*", "dX"))),
+    Template("safety", "se_pred_dist", (
+        ("const T*", "a"), ("const T*", "b"), ("long long", "rows"), ("int", "C"), ("T*", "d"),
+        ("T*", "bad"))),
 )
 
 _BODIES = {"softdtw": _SOFTDTW, "costs": _COSTS, "ot": _OT, "preference": _PREFERENCE,
            "cross_tokenizer": _CROSS_TOKENIZER, "inf_ssm": _INF_SSM,
-           "causal_discrete": _CAUSAL_DISCRETE}
+           "causal_discrete": _CAUSAL_DISCRETE, "safety": _SAFETY}
 MODULES = tuple(_BODIES)
 
 

@@ -100,12 +100,13 @@ def _float_dtype(**arrays) -> None:
 class _Head:
     """A head call: validated on construction (the reference's checks and messages, one host
     copy of labels and mask); :meth:`prepare` then compacts the completion tokens on the
-    device and sets the token and vocab block boundaries."""
+    device and sets the token and vocab block boundaries. ``paired=False`` (the safety family's
+    token CE) admits any R >= 1 rows instead of chosen/rejected pairs."""
 
-    def __init__(self, H, W, labels, mask, b):
+    def __init__(self, H, W, labels, mask, b, paired=True):
         _native(H=H, W=W, labels=labels, mask=mask, b=b)
         host = _HostCopy()
-        self.shape = V.pref_head(H, W, labels, mask, b, to_numpy=host)
+        self.shape = V.pref_head(H, W, labels, mask, b, to_numpy=host, paired=paired)
         _float_dtype(H=H, W=W, b=b)
         self._inputs = (H, W, labels, b)
         self._mask = V.pref_mask(mask, host).reshape(-1)   # the host copy made by pref_head

@@ -52,6 +52,11 @@ from .ot import (EMDResult, SinkhornResult, emd, emd_grad, pairwise_cost, sinkho
                  sinkhorn_cost, sinkhorn_cost_grad, sinkhorn_divergence, sinkhorn_log)
 from .preference import (dpo_loss, dpo_loss_grad, linear_dpo_loss,  # noqa: F401
                          linear_dpo_loss_grad, logits_sam_dpo, logits_sam_dpo_grad, seq_logps)
+from .safety_ensembles import (  # noqa: F401
+    antibody_align_direction, antibody_lambda, antibody_weights, dpp_logdet_diversity,
+    dro_ascent, harmful_perturb, ibdr_dual_update, ibdr_loss, ibdr_loss_grad,
+    prediction_distance, token_mean_nll, weighted_token_ce, weighted_token_ce_grad,
+)
 from .softdtw import (sdtw_cost, sdtw_cost_vjp, soft_dtw, soft_dtw_divergence,  # noqa: F401
                       soft_dtw_divergence_grad, soft_dtw_grad)
 
@@ -71,6 +76,10 @@ __all__ = [
     "mamba_ac_from_scan", "infssm_reg_loss", "infssm_reg_loss_grad",
     "discrete_score_plugin", "gsm_marginal_loss", "leaf_statistic", "ci_test_batch",
     "stein_hessian_diag",
+    "harmful_perturb", "antibody_lambda", "antibody_align_direction", "token_mean_nll",
+    "antibody_weights", "weighted_token_ce", "weighted_token_ce_grad",
+    "dpp_logdet_diversity", "ibdr_loss", "ibdr_loss_grad", "dro_ascent", "prediction_distance",
+    "ibdr_dual_update",
 ]
 
 NAME = "numba_cuda"

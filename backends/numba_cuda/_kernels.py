@@ -117,6 +117,11 @@ CD_TILE = 32 if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1" else 1024
 #                         ^ keys per block of the radix-sort histogram/scatter kernels
 CD_RED = 1024             # shared words of the cd_* block reductions and of cd_scan
 CD_ITMAX = 100000         # iteration cap of the incomplete-gamma series / continued fraction
+SE_RED = 256              # threads (and shared words) of the se_* block reductions
+SE_KMAX = 8               # largest K of the fused IBDR kernel (local/shared arrays of this size)
+SE_NORMALIZE_EPS = 1e-12  # F.normalize's eps (refimpl._ibdr.NORMALIZE_EPS)
+SE_COS_EPS = 1e-8         # the 1e-8 of Antibody's lambda denominators
+SE_CLIP_EPS = 1e-6        # clip_grad_norm_'s 1e-6 (refimpl._ibdr.CLIP_EPS)
 
 #: Set to a list to record ``(name, dtype, argument numba types)`` of every launch (tests).
 RECORD: list | None = None
@@ -261,13 +266,33 @@ _SIGNATURES = {
     "cd_chol_update": "void({T}[:, ::1], int64)",
     "cd_trsm": "void({T}[:, ::1], {T}[:, ::1], int64)",
     "cd_stein_combine": "void({T}[:, ::1], {T}[:, ::1], {T}[:, ::1])",
+    # safety ensembles (se_*; backends/numba_cuda/safety_ensembles.py): Antibody's flat-vector
+    # passes (partial sums / final scalar / elementwise) and IBDR's fused loss + gradient
+    "se_vec_partial": "void({T}[:], {T}[:], {T}[:], {T}[:], {T}[:, ::1], int64, int64, int64)",
+    "se_vec_final": "void({T}[:, ::1], {T}[:], {T}[::1], {T}, {T}, {T}, int64, int64)",
+    "se_vec_apply": "void({T}[:], {T}[:], {T}[:], {T}[:], {T}[::1], {T}[::1], {T}, int64)",
+    "se_ibdr_fwd": "void({T}[:, :, :], int64[:], {T}[:, ::1], float64[:, ::1], {T}[:, ::1], "
+                   "int64, int64)",
+    "se_ibdr_chol": "void(float64[:, ::1], float64[:, ::1], {T}[:, ::1], float64, int64, int64)",
+    "se_ibdr_inv": "void(float64[:, ::1], int64)",
+    "se_ibdr_coef": "void(float64[:, ::1], float64[:, ::1], {T}[:, ::1], {T}[:, ::1], float64, "
+                    "{T}, int64, int64)",
+    "se_ibdr_grad": "void({T}[:, :, :], int64[:], {T}[:, ::1], {T}[:, ::1], {T}[:, ::1], "
+                    "{T}[:, :, ::1], int64, int64)",
+    "se_pred_dist": "void({T}[:, :], {T}[:, :], {T}[:, ::1])",
+    "se_finish": "void({T}[:, ::1], {T}[::1], {T})",
+    "se_weights": "void({T}[:], {T}[:], {T}[::1], {T}[::1], {T})",
+    "se_nll": "void({T}[::1], int64[::1], {T}[::1])",
+    "se_wce_coef": "void({T}[:], int64[::1], {T}[::1], {T}[::1], int64)",
+    "se_dot": "void({T}[::1], {T}[::1], {T}[::1])",
 }
 
 DTYPES = ("float32", "float64")
 
 #: Kernels whose float32 variants do float64 arithmetic on purpose (the per-diagonal offsets
 #: of softdtw.md sec. 8.3 and the float64 assembly of the value); all others stay in float32.
-FP64_BY_DESIGN = frozenset({"sdtw_forward", "sdtw_backward", "sdtw_combine"})
+FP64_BY_DESIGN = frozenset({"sdtw_forward", "sdtw_backward", "sdtw_combine", "se_ibdr_fwd",
+                            "se_ibdr_chol", "se_ibdr_inv", "se_ibdr_coef"})
 
 
 _OTHER = {"float32": "float64", "float64": "float32"}
@@ -3249,6 +3274,650 @@ def _build(dtype: str) -> dict:
             out[a, j] = -(g * g) + Hs[a, j]
             idx += stride
 
+    # ------------------------------------------------------------------ safety ensembles (se_*)
+    # Antibody (flat-vector passes) and IBDR (fused loss + gradient), see
+    # backends/numba_cuda/safety_ensembles.py. Flat-vector sums accumulate in the input dtype;
+    # the IBDR K x K Gram, Cholesky, log-determinant and inverse are float64 (SE_KMAX <= 8).
+    SEB = SE_RED               # static shared words of the se_* block reductions
+    SEK = SE_KMAX
+    SEK1 = SE_KMAX + 1
+    SEKK = SE_KMAX * SE_KMAX
+    F64_0 = float64(0.0)
+    NRM_EPS = float64(SE_NORMALIZE_EPS)
+    COS_FLOOR = DT(SE_COS_EPS)              # 1e-8 of the lambda denominators
+    CLIP_FLOOR = DT(SE_CLIP_EPS)            # 1e-6 of the clip factor
+
+    @cuda.jit(device=True, inline="always")
+    def se_tree(buf, t, nt, op):
+        """Tree-reduce ``buf[0:nt]`` (nt a power of 2) into ``buf[0]``: op 0 sum, 1 max, 2 min.
+        Every thread of the block calls it (it synchronises before and after each level)."""
+        cuda.syncthreads()
+        off = nt // 2
+        while off > 0:
+            if t < off:
+                a = buf[t]
+                b = buf[t + off]
+                if op == 0:
+                    buf[t] = a + b
+                elif op == 1:
+                    if b > a or b != b:
+                        buf[t] = b
+                else:
+                    if b < a or b != b:
+                        buf[t] = b
+            cuda.syncthreads()
+            off //= 2
+
+    @cuda.jit(device=True, inline="always")
+    def se_tree_part(sh, t, nt):
+        """Tree-reduce the (7, nt) partials of the flat-vector passes into column 0: rows 0-2
+        (the sums) added, rows 3-6 (the non-finite flags) maxed. Every thread of the block calls
+        it (it synchronises before and after each level)."""
+        cuda.syncthreads()
+        off = nt // 2
+        while off > 0:
+            if t < off:
+                for q in range(3):
+                    sh[q, t] += sh[q, t + off]
+                for q in range(3, 7):
+                    if sh[q, t + off] > sh[q, t]:
+                        sh[q, t] = sh[q, t + off]
+            cuda.syncthreads()
+            off //= 2
+
+    def se_vec_partial(a, b, c, r, part, has_b, has_c, has_r):
+        """Pass 1 of the flat-vector ops, grid-stride with one row of partial sums per block:
+        ``part[blk] = (<a, d>, ||d||^2, ||a||^2, nonfinite a, b, c, r)`` with ``d = b - c``
+        formed on the fly (``c`` absent: d = b; ``b`` absent: only ||a||^2). Input dtype."""
+        sh = cuda.shared.array((7, SEB), NB)
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        n = a.shape[0]
+        dot = ZERO
+        dd = ZERO
+        ss = ZERO
+        fa = ZERO
+        fb = ZERO
+        fc = ZERO
+        fr = ZERO
+        i = cuda.blockIdx.x * nt + t
+        stride = nt * cuda.gridDim.x
+        while i < n:
+            av = a[i]
+            if not (abs(av) < INF):
+                fa = ONE
+            ss += av * av
+            if has_b:
+                bv = b[i]
+                if not (abs(bv) < INF):
+                    fb = ONE
+                if has_c:
+                    cv = c[i]
+                    if not (abs(cv) < INF):
+                        fc = ONE
+                    bv = bv - cv
+                dot += av * bv
+                dd += bv * bv
+            if has_r:
+                if not (abs(r[i]) < INF):
+                    fr = ONE
+            i += stride
+        sh[0, t] = dot
+        sh[1, t] = dd
+        sh[2, t] = ss
+        sh[3, t] = fa
+        sh[4, t] = fb
+        sh[5, t] = fc
+        sh[6, t] = fr
+        se_tree_part(sh, t, nt)
+        if t == 0:
+            for q in range(7):
+                part[cuda.blockIdx.x, q] = sh[q, 0]
+
+    def se_vec_final(part, ema, out, s1, s2, s3, mode, ema_dev):
+        """One block: reduce the partial rows of :func:`se_vec_partial` and compute the scalar
+        of the op on the device. ``out``: 0 lam_new, 1 lam_raw, 2 the scale pass 2 reads,
+        3-6 the non-finite flags (a, b, c, r), 7 lam_ema / lam read from ``ema`` (the one
+        host read validates it), 8 <a, d>, 9 ||d||^2, 10 ||a||^2.
+        mode 0/1 (cosine/kkt lambda): s1 eta, s2 momentum, s3 lam_ema (ema_dev: ema[0];
+        s3 < 0: no EMA); 2 (harmful perturb): scale = -s1 / (||a|| + s2);
+        3 (dro ascent): scale = min(1, s1 / (||a|| + 1e-6)) / (2 lam), lam = s2 (or ema[0])."""
+        sh = cuda.shared.array((7, SEB), NB)
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        rows = part.shape[0]
+        for q in range(7):
+            sh[q, t] = ZERO
+        i = t
+        while i < rows:
+            for q in range(3):
+                sh[q, t] += part[i, q]
+            for q in range(3, 7):
+                if part[i, q] > sh[q, t]:
+                    sh[q, t] = part[i, q]
+            i += nt
+        se_tree_part(sh, t, nt)
+        if t == 0:
+            dot = sh[0, 0]
+            dd = sh[1, 0]
+            ss = sh[2, 0]
+            ev = s3
+            if ema_dev:
+                ev = ema[0]
+            lam_new = ZERO
+            lam_raw = ZERO
+            scale = ZERO
+            if mode <= 1:
+                if mode == 0:
+                    den = math.sqrt(dd) * math.sqrt(ss) + COS_FLOOR
+                else:
+                    den = dd + COS_FLOOR
+                lam_raw = s1 - dot / den
+                if not (lam_raw > ZERO):
+                    lam_raw = ZERO
+                lam_new = lam_raw
+                if ema_dev or s3 >= ZERO:
+                    lam_new = s2 * ev + (ONE - s2) * lam_raw
+                scale = lam_new
+            elif mode == 2:
+                scale = -s1 / (math.sqrt(ss) + s2)
+            else:
+                lam = s2
+                if ema_dev:
+                    lam = ev
+                f = s1 / (math.sqrt(ss) + CLIP_FLOOR)
+                if f > ONE:
+                    f = ONE
+                scale = f / (TWO * lam)
+            out[0] = lam_new
+            out[1] = lam_raw
+            out[2] = scale
+            for q in range(4):
+                out[3 + q] = sh[3 + q, 0]
+            out[7] = ev
+            out[8] = dot
+            out[9] = dd
+            out[10] = ss
+
+    def se_vec_apply(a, b, c, r, info, res, lam2, mode):
+        """Pass 2, grid-stride, the scale read on the device (``info[2]``): mode 0
+        ``res = a + s (b - c) + lam2 r`` (the alignment direction), mode 1 ``res = a + s b``."""
+        s = info[2]
+        i = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        n = res.shape[0]
+        while i < n:
+            if mode == 0:
+                res[i] = a[i] + s * (b[i] - c[i]) + lam2 * r[i]
+            else:
+                res[i] = a[i] + s * b[i]
+            i += stride
+
+    def se_ibdr_fwd(X, y, lse, Gm, terms, mode, has_div):
+        """IBDR pass 1, one block per batch row b (``X`` (K, B, C), K <= SE_KMAX): mode 0
+        logits with the code's loss, 1 logits with the paper's, 2 probabilities (diversity
+        only). Per-particle online LSE (and of Fbar = mean_k F_k) -> ``lse[b]``, finiteness,
+        min X, the CE term, and (``has_div``) the Gram of the wrong-class vectors Q_k (y_b
+        removed) accumulated in float64 -> ``Gm[b]`` (K x K, row-major). ``terms[b]``: 0 CE_b,
+        1 log det_b (det_b, paper; set by se_ibdr_chol), 2 non-finite, 3 Cholesky failed,
+        4 min X, 5-6 y_b (for min / max)."""
+        b = cuda.blockIdx.x
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        Kp = X.shape[0]
+        C = X.shape[2]
+        rm = cuda.shared.array(SEB, NB)
+        rs = cuda.shared.array(SEB, NB)
+        rd = cuda.shared.array(SEB, float64)
+        m = cuda.local.array(SEK1, NB)
+        s = cuda.local.array(SEK1, NB)
+        pk = cuda.local.array(SEK, NB)
+        yb = y[b]
+        logits = mode != 2
+        nsl = Kp
+        if mode == 0:
+            nsl = Kp + 1
+        elif mode == 2:
+            nsl = 0                     # probabilities: no softmax
+        invK = ONE / DT(Kp)
+        for k in range(nsl):
+            m[k] = NINF
+            s[k] = ZERO
+        bad = ZERO
+        mn = INF
+        c = t
+        while c < C:
+            fb = ZERO
+            for k in range(Kp):
+                x = X[k, b, c]
+                if not (abs(x) < INF):
+                    bad = ONE
+                if x < mn:
+                    mn = x
+                fb += x
+                if logits:
+                    m[k], s[k] = lse_push(m[k], s[k], x)
+            if mode == 0:
+                m[Kp], s[Kp] = lse_push(m[Kp], s[Kp], fb * invK)
+            c += nt
+        for k in range(nsl):
+            rm[t] = m[k]
+            rs[t] = s[k]
+            lse_merge(rm, rs, t, t, nt)
+            if t == 0:
+                lse[b, k] = NINF
+                if rs[0] > ZERO:
+                    lse[b, k] = rm[0] + math.log(rs[0])
+            cuda.syncthreads()
+        rm[t] = bad
+        rs[t] = mn
+        se_tree(rm, t, nt, 1)
+        se_tree(rs, t, nt, 2)
+        if t == 0:
+            terms[b, 0] = ZERO
+            terms[b, 1] = ZERO
+            terms[b, 2] = rm[0]
+            terms[b, 3] = ZERO
+            terms[b, 4] = rs[0]
+            terms[b, 5] = DT(yb)
+            terms[b, 6] = DT(yb)
+        if yb < 0 or yb >= C:
+            return                      # uniform over the block; the host raises
+        if t == 0 and logits:
+            ce = ZERO
+            if mode == 0:
+                fy = ZERO
+                for k in range(Kp):
+                    fy += X[k, b, yb]
+                ce = lse[b, Kp] - fy * invK
+            else:
+                for k in range(Kp):
+                    ce += lse[b, k] - X[k, b, yb]
+                ce = ce * invK
+            terms[b, 0] = ce
+        if not has_div:
+            return
+        cuda.syncthreads()
+        acc = cuda.local.array(SEKK, float64)
+        for q in range(Kp * Kp):
+            acc[q] = F64_0
+        c = t
+        while c < C:
+            if c != yb:
+                for k in range(Kp):
+                    if logits:
+                        pk[k] = math.exp(X[k, b, c] - lse[b, k])
+                    else:
+                        pk[k] = X[k, b, c]
+                for k in range(Kp):
+                    pv = float64(pk[k])
+                    for j in range(k + 1):
+                        acc[k * Kp + j] += pv * float64(pk[j])
+            c += nt
+        for k in range(Kp):
+            for j in range(k + 1):
+                rd[t] = acc[k * Kp + j]
+                se_tree(rd, t, nt, 0)
+                if t == 0:
+                    Gm[b, k * Kp + j] = rd[0]
+                    Gm[b, j * Kp + k] = rd[0]
+
+    def se_ibdr_chol(Gm, nrm, terms, jitter, Kp, mode):
+        """IBDR pass 2, float64, one thread per row b (grid-stride): ``nrm[b, k] =
+        max(||Q_k||, 1e-12)`` (negated when ||Q_k|| < 1e-12: F.normalize's clamp, no
+        projection), ``M = Gm / (n n^T) + jitter I`` and its Cholesky factor in place of
+        ``Gm[b]`` (lower), ``terms[b, 1]`` = log det M (float32 kernels: a float32 log of each
+        float64 pivot) or det M (paper, mode 1; also kept in ``nrm[b, K]``), ``terms[b, 3]``
+        = 1 when a pivot is not positive."""
+        b = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while b < Gm.shape[0]:
+            for k in range(Kp):
+                nv = math.sqrt(Gm[b, k * Kp + k])
+                if nv >= NRM_EPS:
+                    nrm[b, k] = nv
+                else:
+                    nrm[b, k] = -NRM_EPS
+            fail = False
+            ld = ZERO
+            det = float64(1.0)
+            for j in range(Kp):
+                for k in range(j, Kp):
+                    v = Gm[b, k * Kp + j] / abs(nrm[b, k] * nrm[b, j])
+                    for i in range(j):
+                        v -= Gm[b, k * Kp + i] * Gm[b, j * Kp + i]
+                    if k == j:
+                        v += jitter
+                        if not (v > F64_0):
+                            fail = True
+                            v = float64(1.0)
+                        det *= v
+                        ld += math.log(DT(v))
+                        Gm[b, j * Kp + j] = math.sqrt(v)
+                    else:
+                        Gm[b, k * Kp + j] = v / Gm[b, j * Kp + j]
+            nrm[b, Kp] = det
+            if mode == 1:
+                terms[b, 1] = DT(det)
+            else:
+                terms[b, 1] = ld
+            if fail:
+                terms[b, 3] = ONE
+            b += stride
+
+    def se_ibdr_inv(Gm, Kp):
+        """IBDR pass 3, float64, one thread per row b (grid-stride): ``M^-1 = L^-T L^-1`` from
+        the Cholesky factor ``L`` in ``Gm[b]``, written over it (full, symmetric)."""
+        Linv = cuda.local.array(SEKK, float64)
+        b = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        while b < Gm.shape[0]:
+            for j in range(Kp):
+                Linv[j * Kp + j] = float64(1.0) / Gm[b, j * Kp + j]
+                for k in range(j + 1, Kp):
+                    v = F64_0
+                    for i in range(j, k):
+                        v -= Gm[b, k * Kp + i] * Linv[i * Kp + j]
+                    Linv[k * Kp + j] = v / Gm[b, k * Kp + k]
+            for k in range(Kp):
+                for j in range(Kp):
+                    mv = F64_0
+                    for i in range(max(k, j), Kp):
+                        mv += Linv[i * Kp + k] * Linv[i * Kp + j]
+                    Gm[b, k * Kp + j] = mv
+            b += stride
+
+    def se_ibdr_coef(Gm, nrm, Cg, sk, jitter, alpha, Kp, mode):
+        """IBDR pass 4, one thread per row b (grid-stride): from ``M^-1`` (``Gm[b]``) the
+        gradient coefficients with w = -2 alpha / B (x det M, paper), in the input dtype
+        except ``e_k = 1 - jitter Minv_kk`` (float64: it cancels; = (M^-1 Qh Qh^T)_kk):
+        ``Cg[b, k, j] = w Minv_kj / (n_k n_j) - [projected k] [k = j] w e_k / n_k^2`` so that
+        ``g_Q_k = sum_j Cg_kj Q_j``, and ``sk[b, k] = <Q_k, g_Q_k>``: 0 when projected (g_Q is
+        orthogonal to Q_k), ``w e_k`` under the clamp."""
+        b = cuda.grid(1)
+        stride = cuda.gridsize(1)
+        w0 = -alpha * TWO / DT(Gm.shape[0])
+        while b < Gm.shape[0]:
+            w = w0
+            if mode == 1:
+                w = w0 * DT(nrm[b, Kp])
+            for k in range(Kp):
+                nrm[b, Kp + 1 + k] = float64(1.0) - jitter * Gm[b, k * Kp + k]
+            for q in range(Kp * Kp):
+                k = q // Kp
+                j = q - k * Kp
+                nk = DT(nrm[b, k])
+                cv = w * DT(Gm[b, q]) / abs(nk * DT(nrm[b, j]))
+                if k == j:
+                    dk = w * DT(nrm[b, Kp + 1 + k])
+                    if nk > ZERO:
+                        cv -= dk / (nk * nk)
+                        sk[b, k] = ZERO
+                    else:
+                        sk[b, k] = dk
+                Cg[b, q] = cv
+            b += stride
+
+    def se_ibdr_grad(X, y, lse, Cg, sk, dX, mode, has_div):
+        """IBDR pass 4, one block per row b: ``dX[k, b, c] = dCE/dF_kc + P_kc (g_P_kc - s_k)``
+        with ``g_P_kc = sum_j Cg_kj P_jc`` off the true class (0 at y_b); dCE/dF_k =
+        ``(softmax(Fbar) - e_y) / (K B)`` (code) or ``(softmax(F_k) - e_y) / (K B)`` (paper)."""
+        b = cuda.blockIdx.x
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        Kp = X.shape[0]
+        Bn = X.shape[1]
+        C = X.shape[2]
+        pk = cuda.local.array(SEK, NB)
+        yb = y[b]
+        invK = ONE / DT(Kp)
+        scale = ONE / DT(Kp * Bn)
+        c = t
+        while c < C:
+            for k in range(Kp):
+                pk[k] = math.exp(X[k, b, c] - lse[b, k])
+            oh = ZERO
+            if c == yb:
+                oh = ONE
+            sbar = ZERO
+            if mode == 0:
+                fb = ZERO
+                for k in range(Kp):
+                    fb += X[k, b, c]
+                sbar = math.exp(fb * invK - lse[b, Kp])
+            for k in range(Kp):
+                if mode == 0:
+                    g = (sbar - oh) * scale
+                else:
+                    g = (pk[k] - oh) * scale
+                if has_div:
+                    gq = ZERO
+                    if c != yb:
+                        for j in range(Kp):
+                            gq += Cg[b, k * Kp + j] * pk[j]
+                    g += pk[k] * (gq - sk[b, k])
+                dX[k, b, c] = g
+            c += nt
+
+    def se_pred_dist(new, old, terms):
+        """One block per row b: ``terms[b] = (||softmax(new_b) - softmax(old_b)||_2, 0,
+        non-finite new, non-finite old, 0, 0, 0)``."""
+        b = cuda.blockIdx.x
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        C = new.shape[1]
+        rm = cuda.shared.array(SEB, NB)
+        rs = cuda.shared.array(SEB, NB)
+        lse = cuda.shared.array(2, NB)
+        m0 = NINF
+        s0 = ZERO
+        m1 = NINF
+        s1 = ZERO
+        bn = ZERO
+        bo = ZERO
+        c = t
+        while c < C:
+            xn = new[b, c]
+            xo = old[b, c]
+            if not (abs(xn) < INF):
+                bn = ONE
+            if not (abs(xo) < INF):
+                bo = ONE
+            m0, s0 = lse_push(m0, s0, xn)
+            m1, s1 = lse_push(m1, s1, xo)
+            c += nt
+        rm[t] = m0
+        rs[t] = s0
+        lse_merge(rm, rs, t, t, nt)
+        if t == 0:
+            lse[0] = rm[0] + math.log(rs[0])
+        cuda.syncthreads()
+        rm[t] = m1
+        rs[t] = s1
+        lse_merge(rm, rs, t, t, nt)
+        if t == 0:
+            lse[1] = rm[0] + math.log(rs[0])
+        cuda.syncthreads()
+        rm[t] = bn
+        rs[t] = bo
+        se_tree(rm, t, nt, 1)
+        se_tree(rs, t, nt, 1)
+        if t == 0:
+            terms[b, 1] = ZERO
+            terms[b, 2] = rm[0]
+            terms[b, 3] = rs[0]
+            for q in range(4, 7):
+                terms[b, q] = ZERO
+        cuda.syncthreads()
+        acc = ZERO
+        c = t
+        while c < C:
+            dv = math.exp(new[b, c] - lse[0]) - math.exp(old[b, c] - lse[1])
+            acc += dv * dv
+            c += nt
+        rm[t] = acc
+        se_tree(rm, t, nt, 0)
+        if t == 0:
+            terms[b, 0] = math.sqrt(rm[0])
+
+    def se_weights(nc, nr, w, info, inv_tau):
+        """One block: ``w = softmax((nr - nc) inv_tau)`` over the batch; ``info = (non-finite
+        nc, non-finite nr)``."""
+        rm = cuda.shared.array(SEB, NB)
+        rs = cuda.shared.array(SEB, NB)
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        n = w.shape[0]
+        bc = ZERO
+        br = ZERO
+        mx = NINF
+        sm = ZERO
+        i = t
+        while i < n:
+            if not (abs(nc[i]) < INF):
+                bc = ONE
+            if not (abs(nr[i]) < INF):
+                br = ONE
+            mx, sm = lse_push(mx, sm, (nr[i] - nc[i]) * inv_tau)
+            i += nt
+        rm[t] = mx
+        rs[t] = sm
+        lse_merge(rm, rs, t, t, nt)
+        mx = rm[0]
+        sm = rs[0]
+        cuda.syncthreads()
+        i = t
+        while i < n:
+            w[i] = math.exp((nr[i] - nc[i]) * inv_tau - mx) / sm
+            i += nt
+        rm[t] = bc
+        rs[t] = br
+        se_tree(rm, t, nt, 1)
+        se_tree(rs, t, nt, 1)
+        if t == 0:
+            info[0] = rm[0]
+            info[1] = rs[0]
+
+    def se_nll(sums, counts, out):
+        """``out = -sums / max(counts, 1)`` (token-mean NLL per row), grid-stride."""
+        i = cuda.grid(1)
+        while i < out.shape[0]:
+            cnt = counts[i]
+            if cnt < 1:
+                cnt = 1
+            out[i] = -sums[i] / DT(cnt)
+            i += cuda.gridsize(1)
+
+    def se_wce_coef(w, counts, dlogp, info, variant):
+        """One block: ``dlogp_r = -w_r / max(sum_i w_i N_i, 1)`` (code, variant 0) or
+        ``-w_r / max(N_r, 1)`` (paper); ``info = (non-finite w, min w)``."""
+        rm = cuda.shared.array(SEB, NB)
+        rs = cuda.shared.array(SEB, NB)
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        n = w.shape[0]
+        acc = ZERO
+        bad = ZERO
+        mn = INF
+        i = t
+        while i < n:
+            v = w[i]
+            if not (abs(v) < INF):
+                bad = ONE
+            if v < mn or v != v:
+                mn = v
+            acc += v * DT(counts[i])
+            i += nt
+        rm[t] = acc
+        se_tree(rm, t, nt, 0)
+        tot = rm[0]
+        if tot < ONE:
+            tot = ONE
+        cuda.syncthreads()
+        i = t
+        while i < n:
+            if variant == 0:
+                dlogp[i] = -w[i] / tot
+            else:
+                cnt = counts[i]
+                if cnt < 1:
+                    cnt = 1
+                dlogp[i] = -w[i] / DT(cnt)
+            i += nt
+        rm[t] = bad
+        rs[t] = mn
+        se_tree(rm, t, nt, 1)
+        se_tree(rs, t, nt, 2)
+        if t == 0:
+            info[0] = rm[0]
+            info[1] = rs[0]
+
+    def se_dot(a, b, out):
+        """One block: ``out[0] = <a, b>``."""
+        rm = cuda.shared.array(SEB, NB)
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        acc = ZERO
+        i = t
+        while i < a.shape[0]:
+            acc += a[i] * b[i]
+            i += nt
+        rm[t] = acc
+        se_tree(rm, t, nt, 0)
+        if t == 0:
+            out[0] = rm[0]
+
+    def se_finish(terms, out, alpha):
+        """One block over the B rows of ``terms``: ``out = (mean t0 - alpha mean t1, mean t1,
+        max t2, max t3, min t4, min t5, max t6)``."""
+        sh = cuda.shared.array((7, SEB), NB)
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        rows = terms.shape[0]
+        sh[0, t] = ZERO
+        sh[1, t] = ZERO
+        sh[2, t] = ZERO
+        sh[3, t] = ZERO
+        sh[4, t] = INF
+        sh[5, t] = INF
+        sh[6, t] = NINF
+        i = t
+        while i < rows:
+            sh[0, t] += terms[i, 0]
+            sh[1, t] += terms[i, 1]
+            for q in (2, 3, 6):
+                v = terms[i, q]
+                if v > sh[q, t] or v != v:
+                    sh[q, t] = v
+            for q in (4, 5):
+                v = terms[i, q]
+                if v < sh[q, t] or v != v:
+                    sh[q, t] = v
+            i += nt
+        cuda.syncthreads()
+        off = nt // 2
+        while off > 0:
+            if t < off:
+                sh[0, t] += sh[0, t + off]
+                sh[1, t] += sh[1, t + off]
+                for q in (2, 3, 6):
+                    v = sh[q, t + off]
+                    if v > sh[q, t] or v != v:
+                        sh[q, t] = v
+                for q in (4, 5):
+                    v = sh[q, t + off]
+                    if v < sh[q, t] or v != v:
+                        sh[q, t] = v
+            cuda.syncthreads()
+            off //= 2
+        if t == 0:
+            inv = ONE / DT(rows)
+            m1 = sh[1, 0] * inv
+            out[0] = sh[0, 0] * inv - alpha * m1
+            out[1] = m1
+            for q in range(2, 7):
+                out[q] = sh[q, 0]
+
     return {
         "__tile__": TS,
         "fill1d": fill1d,
@@ -3352,4 +4021,18 @@ def _build(dtype: str) -> dict:
         "cd_chol_update": cd_chol_update,
         "cd_trsm": cd_trsm,
         "cd_stein_combine": cd_stein_combine,
+        "se_vec_partial": se_vec_partial,
+        "se_vec_final": se_vec_final,
+        "se_vec_apply": se_vec_apply,
+        "se_ibdr_fwd": se_ibdr_fwd,
+        "se_ibdr_chol": se_ibdr_chol,
+        "se_ibdr_inv": se_ibdr_inv,
+        "se_ibdr_coef": se_ibdr_coef,
+        "se_ibdr_grad": se_ibdr_grad,
+        "se_pred_dist": se_pred_dist,
+        "se_finish": se_finish,
+        "se_weights": se_weights,
+        "se_nll": se_nll,
+        "se_wce_coef": se_wce_coef,
+        "se_dot": se_dot,
     }

@@ -148,7 +148,8 @@ class _Head:
     runs the caller's remaining validation right after ``pref_head`` (the reference's order:
     head, then ref_logp and the loss options, then the chunks)."""
 
-    def __init__(self, H, W, labels, mask, b, token_chunk=None, vocab_chunk=None, check=None):
+    def __init__(self, H, W, labels, mask, b, token_chunk=None, vocab_chunk=None, check=None,
+                 paired=True):
         K.native(H=H, W=W, labels=labels, mask=mask, b=b)
         for name, x in (("H", H), ("W", W), ("b", b)):
             if x is not None:   # no bfloat16 here (numba-cuda has no bf16 arrays)
@@ -161,7 +162,7 @@ class _Head:
             return h
 
         self.shape = V.pref_head(K.meta(H), K.meta(W), K.meta(labels), K.meta(mask),
-                                 None if b is None else K.meta(b), to_numpy=read)
+                                 None if b is None else K.meta(b), to_numpy=read, paired=paired)
         if check is not None:     # the reference's remaining checks, in its order
             check(self.shape)
         tc, vc = V.pref_chunks(token_chunk, vocab_chunk)

@@ -146,6 +146,11 @@ from backends.torch.preference import (  # noqa: E402
     dpo_loss, dpo_loss_grad, linear_dpo_loss, linear_dpo_loss_grad, logits_sam_dpo,
     logits_sam_dpo_grad, seq_logps,
 )
+from backends.torch.safety_ensembles import (  # noqa: E402
+    antibody_align_direction, antibody_lambda, antibody_weights, dpp_logdet_diversity,
+    dro_ascent, harmful_perturb, ibdr_dual_update, ibdr_loss, ibdr_loss_grad,
+    prediction_distance, token_mean_nll, weighted_token_ce, weighted_token_ce_grad,
+)
 from backends.torch.softdtw import (  # noqa: E402
     sdtw_cost, sdtw_cost_vjp, soft_dtw, soft_dtw_divergence, soft_dtw_divergence_grad,
     soft_dtw_grad,
@@ -168,4 +173,8 @@ __all__ = [
     "mamba_ac_from_scan", "infssm_reg_loss", "infssm_reg_loss_grad",
     "discrete_score_plugin", "gsm_marginal_loss", "leaf_statistic", "ci_test_batch",
     "stein_hessian_diag",
+    "harmful_perturb", "antibody_lambda", "antibody_align_direction", "token_mean_nll",
+    "antibody_weights", "weighted_token_ce", "weighted_token_ce_grad",
+    "dpp_logdet_diversity", "ibdr_loss", "ibdr_loss_grad", "dro_ascent", "prediction_distance",
+    "ibdr_dual_update",
 ]
