@@ -75,7 +75,7 @@ def test_probing_and_importing_backends_allocate_nothing_on_a_device():
 
 # Families whose issue promised every backend: a backend missing one of their ops is a bug.
 COMPLETE_FAMILIES = ("softdtw", "ot", "preference", "cross_tokenizer", "inf_ssm",
-                     "causal_discrete")
+                     "causal_discrete", "safety_ensembles")
 
 
 @pytest.mark.parametrize("name", ["numpy", "torch", "cupy", "numba_cuda"])
@@ -310,3 +310,13 @@ def test_readme_tour_runs_and_computes_what_it_says(capsys):
     assert abs(np.linalg.norm(step["eps_W"]) - 1e-3) < 1e-15      # ||eps_W||_F = rho
     # first order: L_post - L_pre = rho ||g_W|| + O(rho^2)
     assert abs(step["loss_post"] - step["loss_pre"] - 1e-3 * step["grad_norm"]) < 1e-3 * 1e-3 * step["grad_norm"]
+    # Antibody: the weights are a softmax over the batch; ignored (prompt) positions get no
+    # gradient; IBDR: the loss is the CE of the mean logits minus 0.02 LD, LD <= K log(1 + j)
+    assert abs(ns["w"].sum() - 1) < 1e-15 and np.all(ns["w"] > 0)
+    assert ns["dW"].shape == ns["W"].shape and not ns["dH"][:, :2].any() and ns["loss"] > 0
+    F, y = ns["F"], ns["y"]
+    Fbar = F.mean(axis=0)
+    lse = np.log(np.exp(Fbar).sum(-1))
+    ld = ns["se"].dpp_logdet_diversity(np.exp(F) / np.exp(F).sum(-1, keepdims=True), y)
+    assert ld <= 4 * np.log1p(1e-7)
+    assert abs(ns["val"] - (np.mean(lse - Fbar[np.arange(8), y]) - 0.02 * ld)) < 1e-12

@@ -13,7 +13,10 @@
   (``torch-materialised``: ``H W^T``, ``log_softmax``, gather, autograd) and Liger-Kernel's
   ``LigerFusedLinearDPOLoss`` (``liger``: NLL off, summed log-probs, reference log-probs
   precomputed, i.e. ``use_ref_model=False``). CPU size B = 4, T = 128, d = 256, V = 8192
-  fp32; GPU size B = 8, T = 1024, d = 4096, V = 128,256 bf16.
+  fp32; GPU size B = 8, T = 1024, d = 4096, V = 128,256 bf16. Antibody's weighted token
+  cross-entropy (issue 7) runs at the same size beside them (impl ``<backend>-weighted-ce``:
+  ``weighted_token_ce_grad`` over the same 2B sequences, Dirichlet sample weights), so its cost
+  reads against the fused DPO kernel it shares the streaming log-sum-exp with.
 - DWA-KD's entropy-weighted KD term, forward + backward (issue 4): ``L = sum_i w_i Div(z_s,i,
   z_t,i)`` with ``w = entropy_weights(z_s, mask)`` (detached) and the skewed reverse KL at
   tau = 2 — ours ``entropy_weights`` + ``kd_divergence_grad`` (fused row kernels on
@@ -69,7 +72,7 @@ def _torch_device(where):
 
 
 def _ours(name, where, dtype):
-    name = name.removesuffix("-logits-sam")
+    name = name.split("-")[0]  # "<backend>-logits-sam", "<backend>-weighted-ce"
     bk = backends.get(name) if backends.reason(name) is None else None
     if bk is None:
         raise NotImplementedError(backends.reason(name))
@@ -234,10 +237,15 @@ class DpoHeadFull(_Peers):
         mask = bk.asarray(np.ones(labels.shape, dtype=bool))
         chunks = DPO_CHUNKS[self.where]
         sam = self.impl.endswith("-logits-sam")
+        wce = self.impl.endswith("-weighted-ce")
+        if wce:  # Antibody's sample weights over the same 2B sequences
+            w = H.to_backend(bk, rng.dirichlet(np.ones(labels.shape[0])), dtype)
 
         def call():
             if sam:
                 out = bk.logits_sam_dpo_grad(hid, head, labels, mask, ref, BETA, RHO, **chunks)
+            elif wce:
+                out = bk.weighted_token_ce_grad(hid, head, labels, w, **chunks)
             else:
                 out = bk.linear_dpo_loss_grad(hid, head, labels, mask, ref, BETA, **chunks)
             bk.synchronize()
@@ -411,7 +419,7 @@ def _variant(base, where):
     if base.family in ("dpo", "kd"):  # float32/bf16 only: the registry's classes time NumPy
         ours = [n for n in ours if n != "numpy"]
     if base.family == "dpo":
-        ours = ours + [f"{n}-logits-sam" for n in ours]
+        ours = ours + [f"{n}-{v}" for v in ("logits-sam", "weighted-ce") for n in ours]
     attrs = dict(where=where, params=[ours + list(base.peers), SIZES[base.family][where], dtypes],
                  param_names=["impl", "size", "dtype"])
     name = {"softdtw": "soft_dtw_points", "sinkhorn": "sinkhorn_log", "dpo": "dpo_head",
