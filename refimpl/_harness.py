@@ -75,8 +75,8 @@ def run_dtypes(op: Op, bk: ModuleType) -> list[str]:
 
 
 def to_backend(bk: ModuleType, value, dtype: str):
-    """NumPy float arrays -> native arrays of ``dtype``; integer arrays keep their dtype; tuples
-    and lists are converted item by item."""
+    """NumPy float arrays -> native arrays of ``dtype``; integer arrays keep their dtype; tuples,
+    lists and dicts (e.g. a model's parameters) are converted item by item."""
     if isinstance(value, np.ndarray):
         if value.dtype.kind != "f":
             return bk.asarray(value)
@@ -85,6 +85,8 @@ def to_backend(bk: ModuleType, value, dtype: str):
         return bk.asarray(value.astype(dtype))
     if isinstance(value, (tuple, list)):  # pairs, lists of per-scan pairs
         return type(value)(to_backend(bk, v, dtype) for v in value)
+    if isinstance(value, dict):
+        return {k: to_backend(bk, v, dtype) for k, v in value.items()}
     return value
 
 
@@ -96,6 +98,8 @@ def rounded(value, dtype: str):
         return value.astype(dtype).astype(np.float64)
     if isinstance(value, (tuple, list)):
         return type(value)(rounded(v, dtype) for v in value)
+    if isinstance(value, dict):
+        return {k: rounded(v, dtype) for k, v in value.items()}
     return value
 
 

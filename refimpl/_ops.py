@@ -24,6 +24,7 @@ from refimpl._cases import dwa_kd as _dk
 from refimpl._cases import inf_ssm as _is
 from refimpl._cases import ot as _ot
 from refimpl._cases import preference as _pf
+from refimpl._cases import recsys_vae as _rv
 from refimpl._cases import safety_ensembles as _se
 from refimpl._cases import softdtw as _sd
 
@@ -231,6 +232,25 @@ OPS: tuple[Op, ...] = (
        doc="mean L2 distance between the softmaxes of two averaged-logit batches"),
     Op("ibdr_dual_update", "safety_ensembles", _se.IBDR_PAPER, ("lam_new",),
        _se.cases_ibdr_dual_update, _se.TOL, doc="IBDR dual step on lam (code barrier and clip, or paper)"),
+    Op("multvae_forward", "recsys_vae", _rv.MULTVAE_PAPER, ("logits", "mu", "logvar"),
+       _rv.cases_multvae_forward, _rv.TOL,
+       doc="Mult-VAE forward: normalise, mask (dropout or bernoulli), encoder, z, decoder logits"),
+    Op("multvae_loss", "recsys_vae", _rv.MULTVAE_PAPER, ("loss", "nll", "kl"),
+       _rv.cases_multvae_loss, _rv.TOL, wrt=("logits", "mu", "logvar"), vjp=_rv.vjp_multvae_loss,
+       doc="multinomial NLL of the raw X + beta KL (fused log-softmax and X-weighted sum)"),
+    Op("multvae_value_and_grad", "recsys_vae", _rv.MULTVAE_PAPER, ("loss", "grads"),
+       _rv.cases_multvae_value_and_grad, _rv.TOL, outputs=_rv.outputs_value_and_grad,
+       doc="Mult-VAE (+ PIA) objective and its gradient w.r.t. every parameter (and the anchors)"),
+    Op("pia_anchor_loss", "recsys_vae", _rv.PIA_PAPER, ("loss",), _rv.cases_pia_anchor_loss,
+       _rv.TOL, wrt=("mu", "logvar", "E"), vjp=_rv.vjp_pia_anchor_loss,
+       doc="PIA anchor regulariser in closed form (distance to the centroid + variance + spread)"),
+    Op("pia_anchor_grad", "recsys_vae", _rv.PIA_PAPER, ("dmu", "dlogvar", "dE"),
+       _rv.cases_pia_anchor_loss, _rv.TOL, grad_of="pia_anchor_loss",
+       doc="gradients of the mean PIA anchor loss w.r.t. mu, logvar and the anchors"),
+    Op("recall_at_k", "recsys_vae", _rv.MULTVAE_PAPER, ("recall",), _rv.cases_recall_at_k,
+       _rv.TOL_METRICS, doc="Recall@k of the notebook (fold-in excluded, NaN without targets)"),
+    Op("ndcg_at_k", "recsys_vae", _rv.MULTVAE_PAPER, ("ndcg",), _rv.cases_ndcg_at_k,
+       _rv.TOL_METRICS, doc="NDCG@k of the notebook (binary relevance, NaN without targets)"),
 )
 
 REGISTRY: dict[str, Op] = {op.name: op for op in OPS}

@@ -1616,3 +1616,486 @@ def ibdr_gram_not_positive_definite(jitter: float) -> ValueError:
     """A failed Cholesky of ``M_b = Qh_b Qh_b^T + jitter I`` (float64 on every backend)."""
     return ValueError(f"M_b = Qh_b Qh_b^T + jitter I is not numerically positive definite "
                       f"(jitter = {jitter}); use a larger jitter")
+
+
+# ---- recsys: Mult-VAE and PIA
+#
+# Mult-VAE (arXiv 1802.05814) and the PIA anchor regulariser (arXiv 2511.06781), reference
+# refimpl._multvae. Value checks of device arrays go through ONE callable per call so that a GPU
+# backend needs one host read: ``flags(checks)`` receives a tuple of ``(kind, array)`` pairs
+# with kind in RV_FLAG_KINDS and returns one bool per pair (compute every flag on the device,
+# read them together). A CSR ``X`` is described by the caller: ``x_values`` = its stored values
+# (scipy / cupyx ``X.data``, torch ``X.values()``), which must all be 1; a dense ``X`` must
+# hold only 0 and 1. Scalars that may arrive as 0-d native arrays (``beta``, ``lam_A``) are read
+# with ``to_numpy`` (one read each, documented by the backends). Every float array of one call
+# (X or its stored values, params, mask, eps, E, logits, mu, logvar, z) has one dtype.
+
+RV_PARAM_KEYS = ("W1", "b1", "W2", "b2", "W3", "b3", "W4", "b4")
+RV_MASK_MODES = ("dropout", "bernoulli")
+RV_REDUCTIONS = ("mean", "none", "sum")
+RV_FLAG_KINDS = ("binary", "ones", "finite", "nonneg", "nonzero")
+
+
+class RvShape(NamedTuple):
+    U: int          # users (rows of X)
+    I: int          # items (columns of X)
+    H: int          # hidden width (0 where no params are involved)
+    d: int          # latent size (0 where unknown)
+    dtype: str      # the one float dtype of the call
+
+
+def _rv_default_flags(checks) -> tuple[bool, ...]:
+    """One bool per ``(kind, array)`` (NumPy, CuPy and torch arrays alike): "binary" every
+    entry in {0, 1}; "ones" every entry 1; "finite" no NaN/inf; "nonneg" every entry >= 0;
+    "nonzero" at least one entry != 0. Empty arrays pass all but "nonzero"."""
+    out = []
+    for kind, x in checks:
+        if kind == "binary":
+            ok = ((x == 0) | (x == 1)).all()
+        elif kind == "ones":
+            ok = (x == 1).all()
+        elif kind == "finite":
+            ok = (abs(x) < math.inf).all()
+        elif kind == "nonneg":
+            ok = (x >= 0).all()
+        elif kind == "nonzero":
+            ok = (x != 0).any()
+        else:
+            raise ValueError(f"unknown flag kind {kind!r}; expected one of {RV_FLAG_KINDS}")
+        out.append(bool(ok))
+    return tuple(out)
+
+
+def _rv_run(checks: list, flags: Callable | None) -> None:
+    """``checks``: list of ``(kind, array, message)``; one ``flags`` call, first failure raises."""
+    if not checks:
+        return
+    got = (flags or _rv_default_flags)(tuple((k, x) for k, x, _ in checks))
+    for (_, _, msg), ok in zip(checks, got):
+        if not ok:
+            raise ValueError(msg)
+
+
+def _rv_X(X, x_values, name: str = "X") -> tuple[int, int, str, list]:
+    """Shape, dtype and the value check of an interaction matrix (dense, or CSR with
+    ``x_values``). Returns ``(U, I, dtype, checks)``."""
+    if not hasattr(X, "shape"):
+        raise TypeError(f"{name} must be a 2-D array or a CSR matrix, got {type(X).__name__}")
+    if len(X.shape) != 2:
+        raise ValueError(f"{name} must be 2-D (users x items), got shape {tuple(X.shape)}")
+    U, I = (int(s) for s in X.shape)
+    if x_values is None:
+        float_array(X, name, ndims=(2,))
+        dt = dtype_name(X)
+        checks = [("binary", X, f"{name} must be binary (0/1 interactions), got values other "
+                                f"than 0 and 1")]
+    else:
+        float_array(x_values, f"{name} (stored CSR values)", ndims=(1,))
+        dt = dtype_name(x_values)
+        checks = [("ones", x_values, f"{name} must be binary (0/1 interactions), got stored CSR "
+                                     f"values other than 1 (drop explicit zeros with "
+                                     f"eliminate_zeros())")]
+    if U < 1 or I < 1:
+        raise ValueError(f"{name} must have at least one user and one item, got shape {(U, I)}")
+    return U, I, dt, checks
+
+
+def _rv_like(x, name: str, want: tuple[int, ...], dt: str, what: str, ndims=None) -> None:
+    """``x`` a float array of dtype ``dt`` and shape ``want`` (``what`` explains the shape)."""
+    float_array(x, name, ndims=ndims or (len(want),))
+    if dtype_name(x) != dt:
+        raise TypeError(f"{name} must have X's dtype ({dt}), got {dtype_name(x)}")
+    if tuple(int(s) for s in x.shape) != want:
+        raise ValueError(f"{name} must have shape {what} = {want}, got {tuple(x.shape)}")
+
+
+def rv_params(params, I: int, dt: str) -> tuple[int, int]:
+    """``params``: a dict with (at least) the keys RV_PARAM_KEYS: W1 (I, H), b1 (H,), W2 (H, 2d),
+    b2 (2d,), W3 (d, H), b3 (H,), W4 (H, I), b4 (I,), every one of dtype ``dt``; I from X.
+    Returns ``(H, d)``."""
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict with keys {' '.join(RV_PARAM_KEYS)}, got "
+                        f"{type(params).__name__}")
+    missing = [k for k in RV_PARAM_KEYS if k not in params]
+    if missing:
+        raise ValueError(f"params is missing {', '.join(map(repr, missing))} (Mult-VAE needs "
+                         f"{' '.join(RV_PARAM_KEYS)})")
+    for k in RV_PARAM_KEYS:
+        float_array(params[k], f"params['{k}']", ndims=(2,) if k[0] == "W" else (1,))
+        if dtype_name(params[k]) != dt:
+            raise TypeError(f"params['{k}'] must have X's dtype ({dt}), got "
+                            f"{dtype_name(params[k])}")
+    W1, W2 = params["W1"], params["W2"]
+    if int(W1.shape[0]) != I or int(W1.shape[1]) < 1:
+        raise ValueError(f"params['W1'] must have shape (I, H) with I = {I} (X's columns) and "
+                         f"H >= 1, got {tuple(W1.shape)}")
+    H = int(W1.shape[1])
+    d2 = int(W2.shape[1])
+    if int(W2.shape[0]) != H or d2 < 2 or d2 % 2:
+        raise ValueError(f"params['W2'] must have shape (H, 2d) = ({H}, 2d) with d >= 1 (the mu "
+                         f"and logvar halves), got {tuple(W2.shape)}")
+    d = d2 // 2
+    for k, want, what in (("b1", (H,), "(H,)"), ("b2", (2 * d,), "(2d,)"),
+                          ("W3", (d, H), "(d, H)"), ("b3", (H,), "(H,)"),
+                          ("W4", (H, I), "(H, I)"), ("b4", (I,), "(I,)")):
+        if tuple(int(s) for s in params[k].shape) != want:
+            raise ValueError(f"params['{k}'] must have shape {what} = {want}, got "
+                             f"{tuple(params[k].shape)}")
+    return H, d
+
+
+def rv_keep_prob(keep_prob) -> float:
+    if isinstance(keep_prob, bool) or not isinstance(keep_prob, numbers.Real):
+        raise TypeError(f"keep_prob must be a real number in (0, 1], got "
+                        f"{type(keep_prob).__name__}")
+    kp = float(keep_prob)
+    if not (0.0 < kp <= 1.0):
+        raise ValueError(f"keep_prob must lie in (0, 1] (the probability of keeping an input "
+                         f"entry), got {kp}")
+    return kp
+
+
+def rv_nonneg_scalar(v, name: str, to_numpy: Callable = np.asarray) -> float:
+    """``beta`` / ``lam_A``: a finite number >= 0 (a Python number or a 0-d array, read once)."""
+    v = _real_scalar(v, name, to_numpy)
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+    return v
+
+
+def _rv_model(X, params, mask, eps, keep_prob, mask_mode, x_values) -> tuple[RvShape, list]:
+    U, I, dt, checks = _rv_X(X, x_values)
+    H, d = rv_params(params, I, dt)
+    choice(mask_mode, "mask_mode", RV_MASK_MODES)
+    rv_keep_prob(keep_prob)
+    if mask is not None:
+        _rv_like(mask, "mask", (U, I), dt, "(U, I) (X's shape)")
+        checks.append(("binary", mask, "mask must hold only 0 and 1 (keep / drop)"))
+    if eps is not None:
+        _rv_like(eps, "eps", (U, d), dt, "(U, d) (X's users, the latent size)")
+        checks.append(("finite", eps, "eps contains NaN or inf"))
+    return RvShape(U, I, H, d, dt), checks
+
+
+def multvae_forward_args(X, params, mask, eps, keep_prob, mask_mode, x_values=None,
+                         flags: Callable | None = None) -> RvShape:
+    """``multvae_forward``: X (U, I) binary (dense, or CSR with ``x_values``), params (see
+    :func:`rv_params`), mask None or (U, I) in {0, 1}, eps None or (U, d) finite, keep_prob in
+    (0, 1], mask_mode in RV_MASK_MODES. One ``flags`` call."""
+    shape, checks = _rv_model(X, params, mask, eps, keep_prob, mask_mode, x_values)
+    _rv_run(checks, flags)
+    return shape
+
+
+def multvae_value_and_grad_args(X, params, beta, mask, eps, keep_prob, mask_mode, E, lam_A,
+                                x_values=None, flags: Callable | None = None,
+                                to_numpy: Callable = np.asarray) -> tuple[RvShape, float, float]:
+    """``multvae_value_and_grad``: :func:`multvae_forward_args`, ``beta`` and ``lam_A`` finite
+    >= 0, E None or (I, d) finite; with E, X must have at least one interaction (PIA's mean is
+    over users with items). One ``flags`` call. Returns ``(shape, beta, lam_A)``."""
+    beta = rv_nonneg_scalar(beta, "beta", to_numpy)
+    lam_A = rv_nonneg_scalar(lam_A, "lam_A", to_numpy)
+    shape, checks = _rv_model(X, params, mask, eps, keep_prob, mask_mode, x_values)
+    if E is not None:
+        _rv_like(E, "E", (shape.I, shape.d), shape.dtype, "(I, d) (X's items, the latent size)")
+        checks.append(("finite", E, "E contains NaN or inf"))
+        checks.append(("nonzero", X if x_values is None else x_values,
+                       "X has no interactions: every user row is empty, the PIA anchor loss "
+                       "(a mean over users with items) is undefined"))
+    _rv_run(checks, flags)
+    return shape, beta, lam_A
+
+
+def multvae_loss_args(X, logits, mu, logvar, beta, x_values=None, flags: Callable | None = None,
+                      to_numpy: Callable = np.asarray) -> tuple[RvShape, float]:
+    """``multvae_loss``: X (U, I) binary, logits (U, I), mu and logvar (U, d), d >= 1, one dtype,
+    finite; beta finite >= 0. One ``flags`` call. Returns ``(shape, beta)`` (H = 0)."""
+    beta = rv_nonneg_scalar(beta, "beta", to_numpy)
+    U, I, dt, checks = _rv_X(X, x_values)
+    _rv_like(logits, "logits", (U, I), dt, "(U, I) (X's shape)")
+    d = _rv_mu_logvar(mu, logvar, U, dt, checks)
+    checks.insert(-2, ("finite", logits, "logits contains NaN or inf"))
+    _rv_run(checks, flags)
+    return RvShape(U, I, 0, d, dt), beta
+
+
+def _rv_mu_logvar(mu, logvar, U: int, dt: str, checks: list) -> int:
+    """mu and logvar (U, d), d >= 1, of X's dtype; appends their finiteness checks. Returns d."""
+    float_array(mu, "mu", ndims=(2,))
+    d = int(mu.shape[1])
+    _rv_like(mu, "mu", (U, d), dt, "(U, d) (X's users)")
+    if d < 1:
+        raise ValueError(f"mu must have a latent size d >= 1, got shape {tuple(mu.shape)}")
+    _rv_like(logvar, "logvar", (U, d), dt, "(U, d) (mu's shape)")
+    checks += [("finite", mu, "mu contains NaN or inf"),
+               ("finite", logvar, "logvar contains NaN or inf")]
+    return d
+
+
+def _rv_latent_pair(mu, logvar, X, x_values) -> tuple[int, int, int, str, list]:
+    U, I, dt, checks = _rv_X(X, x_values)
+    d = _rv_mu_logvar(mu, logvar, U, dt, checks)
+    return U, I, d, dt, checks
+
+
+def pia_args(mu, logvar, X, E, reduction="mean", z=None, x_values=None,
+             flags: Callable | None = None) -> tuple[RvShape, int | None]:
+    """``pia_anchor_loss`` / ``pia_anchor_grad``: mu, logvar (U, d) finite; X (U, I) binary with
+    at least one interaction ("X has no interactions" otherwise, for every reduction); E (I, d)
+    finite; reduction in RV_REDUCTIONS; z None or (S, U, d), S >= 1, finite. One dtype, one
+    ``flags`` call. Returns ``(shape, S or None)`` (H = 0)."""
+    choice(reduction, "reduction", RV_REDUCTIONS)
+    U, I, d, dt, checks = _rv_latent_pair(mu, logvar, X, x_values)
+    _rv_like(E, "E", (I, d), dt, "(I, d) (X's items, mu's latent size)")
+    checks.append(("finite", E, "E contains NaN or inf"))
+    S = None
+    if z is not None:
+        float_array(z, "z", ndims=(3,))
+        S = int(z.shape[0])
+        _rv_like(z, "z", (S, U, d), dt, "(S, U, d) (samples, mu's shape)")
+        if S < 1:
+            raise ValueError("z must hold S >= 1 samples, got S = 0")
+        checks.append(("finite", z, "z contains NaN or inf"))
+    checks.append(("nonzero", X if x_values is None else x_values,
+                   "X has no interactions: every user row is empty, the PIA anchor loss (a mean "
+                   "over users with items) is undefined"))
+    _rv_run(checks, flags)
+    return RvShape(U, I, 0, d, dt), S
+
+
+def item_centroids_args(X, E, x_values=None, flags: Callable | None = None) -> RvShape:
+    """``item_centroids``: X (U, I) binary (empty rows allowed: their centroid is 0), E (I, d)
+    finite, d >= 1, X's dtype. One ``flags`` call."""
+    U, I, dt, checks = _rv_X(X, x_values)
+    float_array(E, "E", ndims=(2,))
+    d = int(E.shape[1])
+    _rv_like(E, "E", (I, d), dt, "(I, d) (X's items)")
+    if d < 1:
+        raise ValueError(f"E must have d >= 1 columns, got shape {tuple(E.shape)}")
+    checks.append(("finite", E, "E contains NaN or inf"))
+    _rv_run(checks, flags)
+    return RvShape(U, I, 0, d, dt)
+
+
+def gaussian_w2_args(mu1, s1, mu2, s2, flags: Callable | None = None) -> tuple[int, int]:
+    """``gaussian_w2``: four float arrays (U, d) of one shape and dtype, finite, s1 and s2 >= 0
+    (standard deviations). One ``flags`` call. Returns ``(U, d)``."""
+    float_array(mu1, "mu1", ndims=(2,))
+    dt = dtype_name(mu1)
+    want = tuple(int(s) for s in mu1.shape)
+    names = ("mu1", "s1", "mu2", "s2")
+    for name, x in zip(names[1:], (s1, mu2, s2)):
+        float_array(x, name, ndims=(2,))
+        if dtype_name(x) != dt:
+            raise TypeError(f"{name} must have mu1's dtype ({dt}), got {dtype_name(x)}")
+        if tuple(int(s) for s in x.shape) != want:
+            raise ValueError(f"{name} must have mu1's shape {want} (U, d), got {tuple(x.shape)}")
+    checks = [("finite", x, f"{n} contains NaN or inf") for n, x in zip(names, (mu1, s1, mu2, s2))]
+    checks += [("nonneg", s1, "s1 must be >= 0 (standard deviations)"),
+               ("nonneg", s2, "s2 must be >= 0 (standard deviations)")]
+    _rv_run(checks, flags)
+    return want
+
+
+def anneal_beta_args(step, cap, total_anneal_steps) -> tuple[int, float, int]:
+    """``anneal_beta``: step an int >= 0 (updates already made), cap finite >= 0,
+    total_anneal_steps an int >= 0 (0: beta = cap, as the official code)."""
+    step = positive_int(step, "step", minimum=0)
+    cap = _finite_nonneg(cap, "cap")
+    total = positive_int(total_anneal_steps, "total_anneal_steps", minimum=0)
+    return step, cap, total
+
+
+def multvae_sizes(n_items, hidden, latent, n_users=None) -> tuple[int, ...]:
+    """``multvae_init`` / ``multvae_draw`` sizes: ints >= 1."""
+    out = [positive_int(n_items, "n_items"), positive_int(hidden, "hidden"),
+           positive_int(latent, "latent")]
+    if n_users is not None:
+        out.append(positive_int(n_users, "n_users"))
+    return tuple(out)
+
+
+# ---- recsys: evaluation
+#
+# Mult-VAE ranking metrics and the strong-generalisation split (arXiv 1802.05814), reference
+# refimpl._recsys_eval. Shapes and dtypes are read from the arrays' metadata; the value checks
+# of device arrays go through ONE callable per call so that a GPU backend needs one host read:
+# ``stats(scores, X_fold, X_heldout)`` returns ``(scores ok, X_fold binary, X_heldout binary,
+# number of overlapping (user, item) pairs)`` (scores ok: no NaN and no +inf), and
+# ``stats(X_train)`` of the popularity baseline ``(binary, number of interactions)``. Interaction
+# matrices are dense arrays of any numeric dtype or bool, or CSR (scipy / cupyx ``csr_matrix``,
+# torch ``sparse_csr`` tensors, or any object with ``shape``, ``data``, ``indices``, ``indptr``);
+# for CSR the stored values are what must be 0/1.
+
+RV_INTERACTION_DTYPES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+                         "uint64", "float16", "bfloat16", "float32", "float64")
+
+
+def rv_is_csr(X) -> bool:
+    """Whether ``X`` is a CSR matrix (scipy/cupyx, a torch ``sparse_csr`` tensor, or any object
+    with ``shape``, ``data``, ``indices`` and ``indptr``)."""
+    layout = getattr(X, "layout", None)
+    if layout is not None and "sparse_csr" in str(layout):
+        return True
+    return all(hasattr(X, a) for a in ("shape", "data", "indices", "indptr"))
+
+
+def rv_interactions(X, name: str, shape: tuple[int, int] | None = None) -> tuple[int, int]:
+    """``X`` a 2-D 0/1 interaction matrix, dense (numeric or bool dtype) or CSR, of ``shape``
+    when given (``(U, I)``, the scores' shape). Metadata only; returns (U, I)."""
+    if not hasattr(X, "shape"):
+        raise TypeError(f"{name} must be a 2-D array or a CSR matrix, got {type(X).__name__}")
+    layout = str(getattr(X, "layout", ""))
+    fmt = getattr(X, "format", None)
+    if ("sparse" in layout and "sparse_csr" not in layout) or (fmt is not None and fmt != "csr"):
+        raise TypeError(f"{name} must be a dense array or a CSR matrix, got "
+                        f"{type(X).__name__} ({fmt or layout})")
+    csr = rv_is_csr(X)
+    dt_src = X if hasattr(X, "dtype") else (X.data if csr else None)
+    if dt_src is None:
+        raise TypeError(f"{name} must be a 2-D array or a CSR matrix, got {type(X).__name__}")
+    dt = dtype_name(dt_src)
+    if dt not in RV_INTERACTION_DTYPES:
+        raise TypeError(f"{name} must have a numeric or bool dtype (0/1 interactions), got {dt}")
+    if len(X.shape) != 2:
+        raise ValueError(f"{name} must be 2-D (users, items), got shape {tuple(X.shape)}")
+    got = (int(X.shape[0]), int(X.shape[1]))
+    if shape is not None and got != tuple(shape):
+        raise ValueError(f"{name} must have the shape of scores (U, I) = {tuple(shape)}, got {got}")
+    return got
+
+
+def _rv_stored(X):
+    """Stored values: the CSR data vector, else the dense array itself."""
+    if rv_is_csr(X):
+        return X.values() if hasattr(X, "values") and callable(X.values) else X.data
+    return X
+
+
+def _rv_dense_nonzero(X):
+    """Host bool (U, I) of a NumPy array or scipy CSR (the reference's default stats)."""
+    return (X.toarray() if hasattr(X, "toarray") else np.asarray(X)) != 0
+
+
+def _default_rv_metric_stats(scores, X_fold, X_heldout) -> tuple[bool, bool, bool, int]:
+    """NumPy / scipy version of the metric ``stats`` contract (section comment)."""
+    s = np.asarray(scores)
+    scores_ok = not bool(np.isnan(s).any() or (s == np.inf).any())
+    binary = []
+    for X in (X_fold, X_heldout):
+        v = np.asarray(_rv_stored(X))
+        binary.append(bool(((v == 0) | (v == 1)).all()))
+    overlap = int((_rv_dense_nonzero(X_fold) & _rv_dense_nonzero(X_heldout)).sum())
+    return scores_ok, binary[0], binary[1], overlap
+
+
+def rv_k(k) -> int:
+    """The cut-off: an int >= 1 (any size; k > I gives a shorter list)."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"k must be an int >= 1, got {type(k).__name__}")
+    if k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k}")
+    return int(k)
+
+
+def rv_metric_args(scores, X_fold, X_heldout, k, stats: Callable | None = None
+                   ) -> tuple[int, int, int]:
+    """``recall_at_k`` / ``ndcg_at_k``: ``scores`` (U, I) float32/float64 with U, I >= 1, no NaN
+    or +inf (-inf: the item is not ranked); ``X_fold``, ``X_heldout`` 0/1 of the scores' shape
+    (:func:`rv_interactions`), disjoint; ``k`` int >= 1. ``stats`` as in the section comment
+    (one host read on GPU backends). Returns (U, I, k)."""
+    float_array(scores, "scores", ndims=(2,))
+    U, I = (int(s) for s in scores.shape)
+    if U < 1 or I < 1:
+        raise ValueError(f"scores must have at least one user and one item, got shape {(U, I)}")
+    rv_interactions(X_fold, "X_fold", (U, I))
+    rv_interactions(X_heldout, "X_heldout", (U, I))
+    k = rv_k(k)
+    scores_ok, fold_ok, held_ok, overlap = (stats or _default_rv_metric_stats)(
+        scores, X_fold, X_heldout)
+    if not scores_ok:
+        raise ValueError("scores contains NaN or +inf (-inf is allowed: that item is not ranked)")
+    if not fold_ok:
+        raise ValueError("X_fold must be binary (0/1 interactions), got values outside {0, 1}")
+    if not held_ok:
+        raise ValueError("X_heldout must be binary (0/1 interactions), got values outside {0, 1}")
+    if overlap:
+        raise ValueError(f"X_fold and X_heldout overlap in {int(overlap)} (user, item) pairs: a "
+                         f"held-out target cannot also be a fold-in item")
+    return U, I, k
+
+
+def _default_rv_popularity_stats(X_train) -> tuple[bool, int]:
+    v = np.asarray(_rv_stored(X_train))
+    return bool(((v == 0) | (v == 1)).all()), int(np.count_nonzero(v))
+
+
+def rv_popularity_args(X_train, n_users, stats: Callable | None = None) -> tuple[int, int]:
+    """``popularity_scores``: ``X_train`` 0/1 (dense or CSR, :func:`rv_interactions`) with at
+    least one interaction and I >= 1 items; ``n_users`` an int >= 1. ``stats(X_train) ->
+    (binary, number of interactions)``. Returns (n_users, I)."""
+    _, I = rv_interactions(X_train, "X_train")
+    if isinstance(n_users, bool) or not isinstance(n_users, numbers.Integral):
+        raise TypeError(f"n_users must be an int >= 1, got {type(n_users).__name__}")
+    if n_users < 1:
+        raise ValueError(f"n_users must be an int >= 1, got {n_users}")
+    if I < 1:
+        raise ValueError(f"X_train must have at least one item column, got shape "
+                         f"{tuple(X_train.shape)}")
+    binary, count = (stats or _default_rv_popularity_stats)(X_train)
+    if not binary:
+        raise ValueError("X_train must be binary (0/1 interactions), got values outside {0, 1}")
+    if not count:
+        raise ValueError("X_train has no interactions (the popularity of every item is 0)")
+    return int(n_users), I
+
+
+def rv_split_args(users, items, ratings, n_heldout, test_prop, seed, min_rating, min_items):
+    """``split_strong_generalization`` (reference only, host arrays): ``users``, ``items``
+    integer id arrays (n,), ``ratings`` real (n,) without NaN, n >= 1, one row per (user, item)
+    pair; ``n_heldout`` int >= 1; ``0 < test_prop < 1``; ``seed`` an int in [0, 2**32);
+    ``min_rating`` finite; ``min_items`` int >= 1. Returns the host arrays and the scalars."""
+    arrs = []
+    for name, x in (("users", users), ("items", items), ("ratings", ratings)):
+        a = host_array(x, name)
+        if a.ndim != 1:
+            raise ValueError(f"{name} must be 1-D (one entry per rating), got shape {a.shape}")
+        arrs.append(a)
+    users, items, ratings = arrs
+    for name, a in (("users", users), ("items", items)):
+        if a.dtype.kind not in "iu":
+            raise TypeError(f"{name} must be an integer id array, got dtype {a.dtype}")
+    if ratings.dtype.kind not in "iuf":
+        raise TypeError(f"ratings must be a real array, got dtype {ratings.dtype}")
+    n = users.shape[0]
+    if n < 1:
+        raise ValueError("users is empty: the ratings table has no rows")
+    for name, a in (("items", items), ("ratings", ratings)):
+        if a.shape[0] != n:
+            raise ValueError(f"{name} must have the length of users ({n}), got {a.shape[0]}")
+    ratings = ratings.astype(np.float64)
+    if np.isnan(ratings).any():
+        raise ValueError("ratings contains NaN")
+    n_heldout = positive_int(n_heldout, "n_heldout")
+    if isinstance(test_prop, bool) or not isinstance(test_prop, numbers.Real):
+        raise TypeError(f"test_prop must be a real number in (0, 1), got {type(test_prop).__name__}")
+    test_prop = float(test_prop)
+    if not 0 < test_prop < 1:
+        raise ValueError(f"test_prop must lie in (0, 1), got {test_prop}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not 0 <= seed < 2 ** 32:
+        raise ValueError(f"seed must lie in [0, 2**32) (np.random.seed), got {seed}")
+    if isinstance(min_rating, bool) or not isinstance(min_rating, numbers.Real):
+        raise TypeError(f"min_rating must be a real number, got {type(min_rating).__name__}")
+    min_rating = float(min_rating)
+    if not math.isfinite(min_rating):
+        raise ValueError(f"min_rating must be finite, got {min_rating}")
+    min_items = positive_int(min_items, "min_items")
+    pairs = np.stack([users.astype(np.int64), items.astype(np.int64)], axis=1)
+    uniq, counts = np.unique(pairs, axis=0, return_counts=True)
+    if (counts > 1).any():
+        u, i = uniq[np.argmax(counts > 1)]
+        raise ValueError(f"the ratings table has {int((counts > 1).sum())} duplicate (user, item) "
+                         f"pairs (e.g. user {u}, item {i}); keep one row per pair")
+    return users, items, ratings, n_heldout, test_prop, int(seed), min_rating, min_items

@@ -20,6 +20,10 @@ from refimpl.ot import (emd, emd_grad, pairwise_cost, sinkhorn, sinkhorn_cost,  
 from refimpl.preference import (dpo_loss, dpo_loss_grad, linear_dpo_loss,  # noqa: F401
                                 linear_dpo_loss_grad, logits_sam_dpo, logits_sam_dpo_grad,
                                 seq_logps)
+from refimpl.recsys_vae import (  # noqa: F401
+    anneal_beta, gaussian_w2, item_centroids, multvae_forward, multvae_loss,
+    multvae_value_and_grad, ndcg_at_k, pia_anchor_grad, pia_anchor_loss, recall_at_k,
+)
 from refimpl.safety_ensembles import (  # noqa: F401
     antibody_align_direction, antibody_lambda, antibody_weights, dpp_logdet_diversity, dro_ascent,
     harmful_perturb, ibdr_dual_update, ibdr_loss, ibdr_loss_grad, prediction_distance,
