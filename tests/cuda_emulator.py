@@ -232,7 +232,7 @@ class Smem:
 def patch_backend(monkeypatch, emulator: Emulator) -> types.SimpleNamespace:
     """Every module of ``backends.cupy`` with NumPy for CuPy and the emulator for the GPU:
     ``SimpleNamespace(sd=softdtw, ot=ot, pref=preference, ct=cross_tokenizer, iss=inf_ssm,
-    cd=causal_discrete, se=safety_ensembles, calls=emulator.calls, bk=backends.cupy,
+    cd=causal_discrete, se=safety_ensembles, rv=recsys_vae, calls=emulator.calls, bk=backends.cupy,
     reads=[...])``, ``reads`` the shapes of the ``asnumpy`` (device-to-host) reads since."""
     import scipy.linalg
     import scipy.special
@@ -243,6 +243,7 @@ def patch_backend(monkeypatch, emulator: Emulator) -> types.SimpleNamespace:
     import backends.cupy.inf_ssm as biss
     import backends.cupy.ot as bot
     import backends.cupy.preference as bpref
+    import backends.cupy.recsys_vae as brv
     import backends.cupy.safety_ensembles as bse
     import backends.cupy.softdtw as bsd
 
@@ -255,7 +256,7 @@ def patch_backend(monkeypatch, emulator: Emulator) -> types.SimpleNamespace:
 
     monkeypatch.setattr(fake, "asnumpy", counted, raising=False)
     monkeypatch.setattr(package, "cupy", fake)  # is_native (the mixed-backend check) lives here
-    for mod in (bsd, bot, bpref, bct, biss, bcd, bse):
+    for mod in (bsd, bot, bpref, bct, biss, bcd, bse, brv):
         monkeypatch.setattr(mod, "cupy", fake)
     # cupyx.scipy (special, linalg, errstate) of the causal module: SciPy, no error state
     monkeypatch.setattr(bcd, "_library", lambda: (scipy.special, scipy.linalg,
@@ -265,7 +266,7 @@ def patch_backend(monkeypatch, emulator: Emulator) -> types.SimpleNamespace:
     monkeypatch.setattr(K, "reserve_dynamic_smem", lambda name, nbytes: None)
     emulator.calls.clear()
     return types.SimpleNamespace(sd=bsd, ot=bot, pref=bpref, ct=bct, iss=biss, cd=bcd, se=bse,
-                                 calls=emulator.calls, bk=package, reads=reads)
+                                 rv=brv, calls=emulator.calls, bk=package, reads=reads)
 
 
 # --------------------------------------------------------------------------- GPU fixtures

@@ -377,8 +377,8 @@ def test_ibdr_saves_one_tensor():
 
 def test_one_host_read_per_call(monkeypatch):
     calls = []
-    real = S._read
-    monkeypatch.setattr(S, "_read", lambda parts: calls.append(1) or real(parts))
+    real = S.read_packed
+    monkeypatch.setattr(S, "read_packed", lambda parts: calls.append(1) or real(parts))
     rng = np.random.default_rng(14)
     v = [tt(rng.normal(size=20)) for _ in range(4)]
     H, W, b, labels, w = head_case(seed=15)

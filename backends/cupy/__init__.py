@@ -116,6 +116,10 @@ from backends.cupy.preference import (  # noqa: E402
     dpo_loss, dpo_loss_grad, linear_dpo_loss, linear_dpo_loss_grad, logits_sam_dpo,
     logits_sam_dpo_grad, seq_logps,
 )
+from backends.cupy.recsys_vae import (  # noqa: E402
+    anneal_beta, gaussian_w2, item_centroids, multvae_forward, multvae_loss,
+    multvae_value_and_grad, ndcg_at_k, pia_anchor_grad, pia_anchor_loss, recall_at_k,
+)
 from backends.cupy.safety_ensembles import (  # noqa: E402
     antibody_align_direction, antibody_lambda, antibody_weights, dpp_logdet_diversity,
     dro_ascent, harmful_perturb, ibdr_dual_update, ibdr_loss, ibdr_loss_grad,
@@ -146,4 +150,7 @@ __all__ = [
     "antibody_weights", "weighted_token_ce", "weighted_token_ce_grad",
     "dpp_logdet_diversity", "ibdr_loss", "ibdr_loss_grad", "dro_ascent", "prediction_distance",
     "ibdr_dual_update",
+    "multvae_forward", "multvae_loss", "multvae_value_and_grad", "anneal_beta",
+    "item_centroids", "pia_anchor_loss", "pia_anchor_grad", "gaussian_w2", "recall_at_k",
+    "ndcg_at_k",
 ]

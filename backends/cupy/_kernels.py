@@ -1759,6 +1759,149 @@ __device__ __forceinline__ void se_pred_dist(const T* __restrict__ a, const T* _
 }
 """
 
+_RECSYS = r"""
+// ---------------------------------------------------------------- recsys_vae (recsys_vae.md secs. 2, 6)
+// Mult-VAE's multinomial likelihood, one block per user row u (blocks grid-stride over rows):
+//   pass 1 (ONE sweep of the row): online max / sum-exp of the logits (running (m, s), rescaled
+//          when the max grows), the X-weighted logit sum sx_u = sum_i X_ui z_ui and n_u =
+//          sum_i X_ui; block merge of (m, s) pairs; lse_u = m + log s,
+//          nll_u = n_u lse_u - sx_u  (= -sum_i X_ui log_softmax(z)_ui);
+//   pass 2 (need_grad): dlogits_ui = (exp(z_ui - lse_u) n_u - X_ui) * invU.
+// X dense (csr = 0: X (U, I) row-major) or CSR (csr = 1: indptr (U + 1), indices, data; the
+// X-weighted sum and the "- X" of pass 2 walk the row's stored entries only).
+// rowout (U, 2): nll_u, n_u. Accumulation in T.
+
+#define RV_MAXW 32                          // warps per block (blocks of <= 1024 threads)
+
+template <typename T>
+__device__ __forceinline__ void rv_merge(T& m, T& s, T m2, T s2) {
+  if (!(m2 > -RiNum<T>::inf())) return;     // (m2, s2) is empty
+  if (!(m > -RiNum<T>::inf())) { m = m2; s = s2; return; }
+  if (m2 > m) { s = s * RiNum<T>::ex(m - m2) + s2; m = m2; }
+  else s = s + s2 * RiNum<T>::ex(m2 - m);
+}
+
+// Block reduction of (m, s, sx, n): merge the (m, s) pairs, sum sx and n; every thread gets
+// the result (same order for all). red: __shared__ T[4 * RV_MAXW].
+template <typename T>
+__device__ __forceinline__ void rv_block_lse(T& m, T& s, T& sx, T& n, T* red) {
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  for (int off = 16; off > 0; off >>= 1) {
+    const T m2 = __shfl_xor_sync(0xffffffffu, m, off);
+    const T s2 = __shfl_xor_sync(0xffffffffu, s, off);
+    const T x2 = __shfl_xor_sync(0xffffffffu, sx, off);
+    const T n2 = __shfl_xor_sync(0xffffffffu, n, off);
+    rv_merge(m, s, m2, s2);
+    sx += x2;
+    n += n2;
+  }
+  __syncthreads();                          // earlier readers of red are done
+  if (lane == 0) { red[4 * w] = m; red[4 * w + 1] = s; red[4 * w + 2] = sx; red[4 * w + 3] = n; }
+  __syncthreads();
+  m = red[0]; s = red[1]; sx = red[2]; n = red[3];
+  for (int k = 1; k < nw; ++k) {
+    rv_merge(m, s, red[4 * k], red[4 * k + 1]);
+    sx += red[4 * k + 2];
+    n += red[4 * k + 3];
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void rv_nll_rows(const T* __restrict__ Z, const T* __restrict__ X,
+                                            const int* __restrict__ indptr,
+                                            const int* __restrict__ indices,
+                                            const T* __restrict__ data, int csr, long long U,
+                                            int I, T invU, int need_grad, T* __restrict__ rowout,
+                                            T* __restrict__ dZ) {
+  __shared__ T red[4 * RV_MAXW];
+  const T inf = RiNum<T>::inf();
+  for (long long u = blockIdx.x; u < U; u += gridDim.x) {
+    const T* __restrict__ z = Z + u * (long long)I;
+    T m = -inf, s = (T)0, sx = (T)0, n = (T)0;
+    if (!csr) {
+      const T* __restrict__ x = X + u * (long long)I;
+      for (int c = threadIdx.x; c < I; c += blockDim.x) {
+        const T v = z[c], xv = x[c];
+        if (v > m) { s = s * RiNum<T>::ex(m - v) + (T)1; m = v; }
+        else s += RiNum<T>::ex(v - m);
+        sx += xv * v;
+        n += xv;
+      }
+    } else {
+      for (int c = threadIdx.x; c < I; c += blockDim.x) {
+        const T v = z[c];
+        if (v > m) { s = s * RiNum<T>::ex(m - v) + (T)1; m = v; }
+        else s += RiNum<T>::ex(v - m);
+      }
+      for (int p = indptr[u] + (int)threadIdx.x; p < indptr[u + 1]; p += blockDim.x) {
+        const T xv = data[p];
+        sx += xv * z[indices[p]];
+        n += xv;
+      }
+    }
+    rv_block_lse(m, s, sx, n, red);
+    const T lse = m + RiNum<T>::lg(s);
+    if (threadIdx.x == 0) {
+      rowout[2 * u] = n * lse - sx;
+      rowout[2 * u + 1] = n;
+    }
+    if (need_grad) {
+      T* __restrict__ d = dZ + u * (long long)I;
+      if (!csr) {
+        const T* __restrict__ x = X + u * (long long)I;
+        for (int c = threadIdx.x; c < I; c += blockDim.x)
+          d[c] = (RiNum<T>::ex(z[c] - lse) * n - x[c]) * invU;
+      } else {
+        for (int c = threadIdx.x; c < I; c += blockDim.x)
+          d[c] = RiNum<T>::ex(z[c] - lse) * n * invU;
+        __syncthreads();                    // the dense writes land before the corrections
+        for (int p = indptr[u] + (int)threadIdx.x; p < indptr[u + 1]; p += blockDim.x)
+          d[indices[p]] -= data[p] * invU;  // column indices of a row are distinct
+      }
+    }
+    __syncthreads();                        // red is reused by the next row
+  }
+}
+
+// NumPy's pairwise summation (numpy/_core/src/umath/loops_utils.h.src, pairwise_sum: < 8
+// terms sequential, <= 128 terms eight accumulators then the rest, beyond: split at half
+// rounded down to a multiple of 8) of a[0..n), in double: the metrics' DCG sums are then
+// bit-identical to the float64 reference's ``.sum(axis=1)`` of the same row.
+__device__ double rv_pairwise(const double* a, long long n) {
+  if (n < 8) {
+    double r = 0.0;
+    for (long long i = 0; i < n; ++i) r += a[i];
+    return r;
+  }
+  if (n <= 128) {
+    double r[8];
+    for (int j = 0; j < 8; ++j) r[j] = a[j];
+    long long i = 8;
+    for (; i < n - (n % 8); i += 8)
+      for (int j = 0; j < 8; ++j) r[j] += a[i + j];
+    double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+    for (; i < n; ++i) res += a[i];
+    return res;
+  }
+  long long n2 = n / 2;
+  n2 -= n2 % 8;
+  return rv_pairwise(a, n2) + rv_pairwise(a + n2, n - n2);
+}
+
+// NDCG of one row per thread: G (rows, n) float64 holds the gains 1[item_r in T] / log2(r + 2)
+// of the ranked list; out[r] = (T)(pairwise(G_r) / idcg[r]), NaN where idcg[r] = 0 (|T| = 0).
+template <typename T>
+__device__ __forceinline__ void rv_ndcg_rows(const double* __restrict__ G, long long rows,
+                                             long long n, const double* __restrict__ idcg,
+                                             T* __restrict__ out) {
+  const long long stride = (long long)gridDim.x * blockDim.x;
+  for (long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += stride) {
+    const double den = idcg[r];
+    out[r] = den > 0.0 ? (T)(rv_pairwise(G + r * n, n) / den) : RiNum<T>::qnan();
+  }
+}
+"""
+
 @dataclass(frozen=True)
 class Template:
     """One kernel template: the module it lives in, its name and its parameters as
@@ -1868,11 +2011,18 @@ TEMPLATES = (
     Template("safety", "se_pred_dist", (
         ("const T*", "a"), ("const T*", "b"), ("long long", "rows"), ("int", "C"), ("T*", "d"),
         ("T*", "bad"))),
+    Template("recsys_vae", "rv_nll_rows", (
+        ("const T*", "Z"), ("const T*", "X"), ("const int*", "indptr"), ("const int*", "indices"),
+        ("const T*", "data"), ("int", "csr"), ("long long", "U"), ("int", "I"), ("T", "invU"),
+        ("int", "need_grad"), ("T*", "rowout"), ("T*", "dZ"))),
+    Template("recsys_vae", "rv_ndcg_rows", (
+        ("const double*", "G"), ("long long", "rows"), ("long long", "n"),
+        ("const double*", "idcg"), ("T*", "out"))),
 )
 
 _BODIES = {"softdtw": _SOFTDTW, "costs": _COSTS, "ot": _OT, "preference": _PREFERENCE,
            "cross_tokenizer": _CROSS_TOKENIZER, "inf_ssm": _INF_SSM,
-           "causal_discrete": _CAUSAL_DISCRETE, "safety": _SAFETY}
+           "causal_discrete": _CAUSAL_DISCRETE, "safety": _SAFETY, "recsys_vae": _RECSYS}
 MODULES = tuple(_BODIES)
 
 

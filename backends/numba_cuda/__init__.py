@@ -52,6 +52,10 @@ from .ot import (EMDResult, SinkhornResult, emd, emd_grad, pairwise_cost, sinkho
                  sinkhorn_cost, sinkhorn_cost_grad, sinkhorn_divergence, sinkhorn_log)
 from .preference import (dpo_loss, dpo_loss_grad, linear_dpo_loss,  # noqa: F401
                          linear_dpo_loss_grad, logits_sam_dpo, logits_sam_dpo_grad, seq_logps)
+from .recsys_vae import (  # noqa: F401
+    anneal_beta, gaussian_w2, item_centroids, multvae_forward, multvae_loss,
+    multvae_value_and_grad, ndcg_at_k, pia_anchor_grad, pia_anchor_loss, recall_at_k,
+)
 from .safety_ensembles import (  # noqa: F401
     antibody_align_direction, antibody_lambda, antibody_weights, dpp_logdet_diversity,
     dro_ascent, harmful_perturb, ibdr_dual_update, ibdr_loss, ibdr_loss_grad,
@@ -80,6 +84,9 @@ __all__ = [
     "antibody_weights", "weighted_token_ce", "weighted_token_ce_grad",
     "dpp_logdet_diversity", "ibdr_loss", "ibdr_loss_grad", "dro_ascent", "prediction_distance",
     "ibdr_dual_update",
+    "multvae_forward", "multvae_loss", "multvae_value_and_grad", "anneal_beta",
+    "item_centroids", "pia_anchor_loss", "pia_anchor_grad", "gaussian_w2", "recall_at_k",
+    "ndcg_at_k",
 ]
 
 NAME = "numba_cuda"

@@ -72,6 +72,16 @@ regularised upper incomplete gamma device function (``cd_gammaincc`` exposes it)
 ``cd_colrange``, ``cd_fstats`` the integer widening and the validators' value checks. The
 integer-only ops launch the float64 variants only.
 
+Recommender VAEs (``recsys_vae.md``; ``rv_*`` kernels, details in the docstring of
+:mod:`backends.numba_cuda.recsys_vae`): Mult-VAE's row kernels around ``pref_gemm``
+(``rv_rowprep``/``rv_csr_prep`` input normalisation and masking, ``rv_spmm``/``rv_spmm_t``
+CSR products, ``rv_tanh``/``rv_tanh_bwd``, ``rv_latent``/``rv_latent_bwd``, the fused
+``rv_nll_rows`` nll + dlogits, ``rv_kl_rows``, ``rv_loss_finish``), PIA (``rv_eaug``,
+``rv_pia_rows``, ``rv_reduce``, ``rv_pia_grad_rows``, ``rv_pia_de``, ``rv_centroid``),
+``rv_w2``, the metrics' per-row shared-memory top-k ``rv_topk`` (k <= :data:`RV_KMAX`;
+float64 assembly of the value by design) with ``rv_metric_stats``, ``rv_densify``,
+``rv_cast_*``, and the validators' ``rv_flags``.
+
 Launches go to the CUDA *legacy default stream* (``cuda.default_stream()``), always.
 """
 
@@ -122,6 +132,9 @@ SE_KMAX = 8               # largest K of the fused IBDR kernel (local/shared arr
 SE_NORMALIZE_EPS = 1e-12  # F.normalize's eps (refimpl._ibdr.NORMALIZE_EPS)
 SE_COS_EPS = 1e-8         # the 1e-8 of Antibody's lambda denominators
 SE_CLIP_EPS = 1e-6        # clip_grad_norm_'s 1e-6 (refimpl._ibdr.CLIP_EPS)
+RV_RED = 256              # threads (and shared words) of the rv_* block reductions / row kernels
+RV_KMAX = 128             # largest k of rv_topk (the selected indices live in shared memory)
+RV_NORM_EPS = 1e-12       # tf.nn.l2_normalize's epsilon (Mult-VAE input normalisation)
 
 #: Set to a list to record ``(name, dtype, argument numba types)`` of every launch (tests).
 RECORD: list | None = None
@@ -285,6 +298,45 @@ _SIGNATURES = {
     "se_nll": "void({T}[::1], int64[::1], {T}[::1])",
     "se_wce_coef": "void({T}[:], int64[::1], {T}[::1], {T}[::1], int64)",
     "se_dot": "void({T}[::1], {T}[::1], {T}[::1])",
+    # recsys VAE (rv_*)
+    "rv_rowprep": "void({T}[:, :], {T}[:, :], {T}[:, ::1], {T}[::1], {T}, int64, int64)",
+    "rv_csr_prep": "void({T}[:], int32[:], int32[:], {T}[:, :], {T}[::1], {T}[::1], {T}, int64, "
+                   "int64)",
+    "rv_spmm": "void({T}[:], int32[:], int32[:], {T}[:, :], {T}[:], {T}[:, ::1], int64)",
+    "rv_spmm_t": "void({T}[:], int32[:], int32[:], {T}[:, :], {T}[:, ::1])",
+    "rv_tanh": "void({T}[:, ::1])",
+    "rv_tanh_bwd": "void({T}[:, ::1], {T}[:, ::1])",
+    "rv_latent": "void({T}[:, ::1], {T}[:, :], {T}[:, ::1], {T}[:, ::1], {T}[:, ::1], int64)",
+    "rv_nll_rows": "void({T}[:, :], {T}[:, :], {T}[:], int32[:], int32[:], {T}[::1], "
+                   "{T}[:, ::1], {T}, int64, int64)",
+    "rv_kl_rows": "void({T}[:, :], {T}[:, :], {T}[::1])",
+    "rv_loss_finish": "void({T}[::1], {T}[::1], {T}[::1], {T}[::1], {T}, {T}, int64)",
+    "rv_latent_bwd": "void({T}[:, ::1], {T}[:, ::1], {T}[:, ::1], {T}[:, :], {T}[:, ::1], "
+                     "{T}[:, ::1], {T}[:, ::1], {T}, {T}, int64, int64)",
+    "rv_eaug": "void({T}[:, :], {T}[:, ::1])",
+    "rv_centroid": "void({T}[:, ::1], {T}[:, ::1])",
+    "rv_pia_rows": "void({T}[:, :], {T}[:, :], {T}[:, ::1], {T}[:, :, :], {T}[::1], int64)",
+    "rv_reduce": "void({T}[::1], {T}[:, ::1], {T}[::1])",
+    "rv_pia_grad_rows": "void({T}[:, :], {T}[:, :], {T}[:, ::1], {T}[::1], {T}[:, ::1], "
+                        "{T}[:, ::1], {T}[:, ::1], {T})",
+    "rv_pia_de": "void({T}[:, :], {T}[:, ::1], {T}[::1], {T}[:, ::1], {T})",
+    "rv_w2": "void({T}[:, :], {T}[:, :], {T}[:, :], {T}[:, :], {T}[::1])",
+    "rv_densify": "void({T}[:], int32[:], int32[:], {T}[:, ::1])",
+    "rv_metric_stats": "void({T}[:, :], {T}[:, :], {T}[:, :], {T}[::1])",
+    "rv_topk": "void({T}[:, :], {T}[:, :], {T}[:, :], float64[::1], float64[::1], {T}[::1], "
+               "int64, int64)",
+    "rv_cast_bool": "void(boolean[:, :], {T}[:, ::1])",
+    "rv_cast_i8": "void(int8[:, :], {T}[:, ::1])",
+    "rv_cast_i16": "void(int16[:, :], {T}[:, ::1])",
+    "rv_cast_i32": "void(int32[:, :], {T}[:, ::1])",
+    "rv_cast_i64": "void(int64[:, :], {T}[:, ::1])",
+    "rv_cast_u8": "void(uint8[:, :], {T}[:, ::1])",
+    "rv_cast_u16": "void(uint16[:, :], {T}[:, ::1])",
+    "rv_cast_u32": "void(uint32[:, :], {T}[:, ::1])",
+    "rv_cast_u64": "void(uint64[:, :], {T}[:, ::1])",
+    "rv_cast_f": "void({U}[:, :], {T}[:, ::1])",
+    "rv_idx32": "void(int64[:], int32[::1])",
+    "rv_flags": "void({T}[:, :, :], {T}[::1], int64, int64)",
 }
 
 DTYPES = ("float32", "float64")
@@ -292,7 +344,8 @@ DTYPES = ("float32", "float64")
 #: Kernels whose float32 variants do float64 arithmetic on purpose (the per-diagonal offsets
 #: of softdtw.md sec. 8.3 and the float64 assembly of the value); all others stay in float32.
 FP64_BY_DESIGN = frozenset({"sdtw_forward", "sdtw_backward", "sdtw_combine", "se_ibdr_fwd",
-                            "se_ibdr_chol", "se_ibdr_inv", "se_ibdr_coef"})
+                            "se_ibdr_chol", "se_ibdr_inv", "se_ibdr_coef",
+                            "rv_topk"})
 
 
 _OTHER = {"float32": "float64", "float64": "float32"}
@@ -300,7 +353,7 @@ _OTHER = {"float32": "float64", "float64": "float32"}
 
 def signature(name: str, dtype: str) -> str:
     """The one signature of ``name[dtype]``: ``{T}`` is ``dtype``, ``{U}`` the other float
-    dtype (only ``pref_cast`` reads one)."""
+    dtype (only ``pref_cast`` and ``rv_cast_f`` read one)."""
     return _SIGNATURES[name].format(T=dtype, U=_OTHER[dtype])
 
 
@@ -3918,6 +3971,627 @@ def _build(dtype: str) -> dict:
             for q in range(2, 7):
                 out[q] = sh[q, 0]
 
+    # ------------------------------------------------------------------ recsys VAE (rv_*)
+    # Mult-VAE (arXiv 1802.05814) and the PIA anchor regulariser (arXiv 2511.06781), see
+    # backends/numba_cuda/recsys_vae.py. Every matmul is pref_gemm (dense) or rv_spmm /
+    # rv_spmm_t (CSR); the kernels here are the row-wise pieces. All arithmetic in the input
+    # dtype (no float64 in the float32 variants).
+    RVB = RV_RED               # static shared words of the rv_* block reductions
+    RVK = RV_KMAX              # largest k of rv_topk (the selected list lives in shared memory)
+    RV_EPS = DT(RV_NORM_EPS)   # tf.nn.l2_normalize's epsilon on the squared norm
+    HALF = DT(0.5)
+
+    @cuda.jit(device=True, inline="always")
+    def rv_before(v1, i1, v2, i2):
+        """Whether (v1, i1) ranks before (v2, i2): higher score, ties by lower index; an index
+        of -1 is "no candidate" and ranks last."""
+        if i1 < 0:
+            return False
+        if i2 < 0:
+            return True
+        return v1 > v2 or (v1 == v2 and i1 < i2)
+
+    def rv_rowprep(X, mask, h0, nrow, keep_prob, mode, has_mask):
+        """One block per row u of a dense X: ``n_u = sum_i X_ui`` and the first-layer input
+        ``h0``: dropout (mode 0) ``h0 = X / ||X_u|| * mask / keep_prob``; bernoulli (mode 1)
+        ``h0 = (X * mask) / ||X_u * mask_u||``; no mask ``h0 = X / ||X_u||``; the norm is
+        ``sqrt(max(sum x^2, 1e-12))`` (l2_normalize)."""
+        r1 = cuda.shared.array(RVB, dtype=NB)
+        r2 = cuda.shared.array(RVB, dtype=NB)
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        u = cuda.blockIdx.x
+        I = X.shape[1]
+        ss = ZERO
+        n = ZERO
+        for i in range(t, I, nt):
+            x = X[u, i]
+            n += x
+            if mode == 1 and has_mask != 0:
+                x = x * mask[u, i]
+            ss += x * x
+        r1[t] = ss
+        r2[t] = n
+        se_tree(r1, t, nt, 0)
+        se_tree(r2, t, nt, 0)
+        s = ONE / math.sqrt(max(r1[0], RV_EPS))
+        if t == 0:
+            nrow[u] = r2[0]
+        if has_mask != 0 and mode == 0:
+            s = s / keep_prob
+        for i in range(t, I, nt):
+            x = X[u, i] * s
+            if has_mask != 0:
+                x = x * mask[u, i]
+            h0[u, i] = x
+
+    def rv_csr_prep(data, indices, indptr, mask, vals, nrow, keep_prob, mode, has_mask):
+        """rv_rowprep for a CSR X, one thread per row: the stored values of h0 (``vals``, X's
+        sparsity pattern) and ``n_u`` (the sum of the row's stored values)."""
+        u = cuda.grid(1)
+        if u < nrow.shape[0]:
+            p0 = indptr[u]
+            p1 = indptr[u + 1]
+            ss = ZERO
+            n = ZERO
+            for p in range(p0, p1):
+                x = data[p]
+                n += x
+                if mode == 1 and has_mask != 0:
+                    x = x * mask[u, indices[p]]
+                ss += x * x
+            s = ONE / math.sqrt(max(ss, RV_EPS))
+            if has_mask != 0 and mode == 0:
+                s = s / keep_prob
+            for p in range(p0, p1):
+                x = data[p] * s
+                if has_mask != 0:
+                    x = x * mask[u, indices[p]]
+                vals[p] = x
+            nrow[u] = n
+
+    def rv_spmm(vals, indices, indptr, B, bias, C, has_bias):
+        """``C = S B (+ bias)`` for a CSR S with values ``vals``: thread (u, j) sums row u's
+        stored entries (grid x over columns j, grid y over rows u)."""
+        j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        u = cuda.blockIdx.y
+        if u < C.shape[0] and j < C.shape[1]:
+            acc = ZERO
+            for p in range(indptr[u], indptr[u + 1]):
+                acc += vals[p] * B[indices[p], j]
+            if has_bias != 0:
+                acc += bias[j]
+            C[u, j] = acc
+
+    def rv_spmm_t(vals, indices, indptr, B, C):
+        """``C += S^T B`` for a CSR S (U, I) and B (U, N): thread (u, j) adds
+        ``vals_p B[u, j]`` to ``C[indices_p, j]`` with atomics (C zeroed by the caller)."""
+        j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        u = cuda.blockIdx.y
+        if u < B.shape[0] and j < C.shape[1]:
+            b = B[u, j]
+            for p in range(indptr[u], indptr[u + 1]):
+                cuda.atomic.add(C, (indices[p], j), vals[p] * b)
+
+    def rv_tanh(A):
+        """``A = tanh(A)`` in place (grid-stride over a C-contiguous 2-D array)."""
+        n = A.shape[1]
+        total = A.shape[0] * n
+        idx = cuda.grid(1)
+        while idx < total:
+            r = idx // n
+            c = idx - r * n
+            A[r, c] = math.tanh(A[r, c])
+            idx += cuda.gridsize(1)
+
+    def rv_tanh_bwd(G, H):
+        """``G *= 1 - H^2`` in place (the tanh derivative from the stored activation)."""
+        n = G.shape[1]
+        total = G.shape[0] * n
+        idx = cuda.grid(1)
+        while idx < total:
+            r = idx // n
+            c = idx - r * n
+            h = H[r, c]
+            G[r, c] = G[r, c] * (ONE - h * h)
+            idx += cuda.gridsize(1)
+
+    def rv_latent(o2, eps, mu, lv, z, has_eps):
+        """Split ``o2 = [mu, logvar]`` and ``z = mu + eps exp(logvar / 2)`` (z = mu without eps);
+        thread (u, k) over (U, d)."""
+        d = mu.shape[1]
+        total = mu.shape[0] * d
+        idx = cuda.grid(1)
+        while idx < total:
+            u = idx // d
+            k = idx - u * d
+            m = o2[u, k]
+            v = o2[u, d + k]
+            mu[u, k] = m
+            lv[u, k] = v
+            if has_eps != 0:
+                m = m + eps[u, k] * math.exp(v * HALF)
+            z[u, k] = m
+            idx += cuda.gridsize(1)
+
+    def rv_nll_rows(logits, X, xdat, xidx, xptr, rows, dlog, inv_u, is_csr, want_grad):
+        """One block per row u: online log-sum-exp of the logits fused with the X-weighted sum
+        ``sx = sum_i X_ui z_ui`` and ``n_u``; ``rows[u] = -(sx - n_u lse)`` (the row's
+        ``-sum_i X_ui log_softmax(z)_ui``); with want_grad a second sweep writes
+        ``dlogits = (softmax(z) n_u - X) * inv_u``. X dense, or CSR (xdat, xidx, xptr)."""
+        rm = cuda.shared.array(RVB, dtype=NB)
+        rs = cuda.shared.array(RVB, dtype=NB)
+        rx = cuda.shared.array(RVB, dtype=NB)
+        rn = cuda.shared.array(RVB, dtype=NB)
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        u = cuda.blockIdx.x
+        I = logits.shape[1]
+        m = NINF
+        s = ZERO
+        sx = ZERO
+        n = ZERO
+        for i in range(t, I, nt):
+            zv = logits[u, i]
+            m, s = lse_push(m, s, zv)
+            if is_csr == 0:
+                x = X[u, i]
+                if x != ZERO:
+                    sx += x * zv
+                    n += x
+        if is_csr != 0:
+            for p in range(xptr[u] + t, xptr[u + 1], nt):
+                x = xdat[p]
+                if x != ZERO:
+                    sx += x * logits[u, xidx[p]]
+                    n += x
+        rm[t] = m
+        rs[t] = s
+        rx[t] = sx
+        rn[t] = n
+        lse_merge(rm, rs, t, t, nt)
+        se_tree(rx, t, nt, 0)
+        se_tree(rn, t, nt, 0)
+        lse = rm[0] + math.log(rs[0])
+        n = rn[0]
+        if t == 0:
+            rows[u] = -(rx[0] - n * lse)
+        if want_grad != 0:
+            for i in range(t, I, nt):
+                g = math.exp(logits[u, i] - lse) * n
+                if is_csr == 0:
+                    g -= X[u, i]
+                dlog[u, i] = g * inv_u
+            if is_csr != 0:
+                cuda.syncthreads()
+                for p in range(xptr[u] + t, xptr[u + 1], nt):
+                    j = xidx[p]
+                    dlog[u, j] = dlog[u, j] - xdat[p] * inv_u
+
+    def rv_kl_rows(mu, lv, rows):
+        """``rows[u] = 0.5 sum_k (-logvar + exp(logvar) + mu^2 - 1)`` (one thread per row)."""
+        u = cuda.grid(1)
+        if u < rows.shape[0]:
+            acc = ZERO
+            for k in range(mu.shape[1]):
+                v = lv[u, k]
+                m = mu[u, k]
+                acc += -v + math.exp(v) + m * m - ONE
+            rows[u] = HALF * acc
+
+    def rv_loss_finish(nll_rows, kl_rows, extra, out, beta, lam, has_extra):
+        """One block: ``out = (nll + beta kl [+ lam extra[2]], nll, kl)`` with nll, kl the means
+        of the row terms (extra: the PIA mean of rv_reduce)."""
+        r1 = cuda.shared.array(RVB, dtype=NB)
+        r2 = cuda.shared.array(RVB, dtype=NB)
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        U = nll_rows.shape[0]
+        a = ZERO
+        b = ZERO
+        for u in range(t, U, nt):
+            a += nll_rows[u]
+            b += kl_rows[u]
+        r1[t] = a
+        r2[t] = b
+        se_tree(r1, t, nt, 0)
+        se_tree(r2, t, nt, 0)
+        if t == 0:
+            nll = r1[0] / DT(U)
+            kl = r2[0] / DT(U)
+            loss = nll + beta * kl
+            if has_extra != 0:
+                loss += lam * extra[2]
+            out[0] = loss
+            out[1] = nll
+            out[2] = kl
+
+    def rv_latent_bwd(dz, mu, lv, eps, pmu, plv, do2, beta, inv_u, has_eps, has_pia):
+        """``do2 = [dmu, dlogvar]``: ``dmu = dz + beta mu / U (+ pmu)``, ``dlogvar =
+        dz eps sigma / 2 + beta (exp(logvar) - 1) / (2U) (+ plv)``; without eps z = mu, so
+        dz goes to dmu only. Thread (u, k) over (U, d)."""
+        d = mu.shape[1]
+        total = mu.shape[0] * d
+        idx = cuda.grid(1)
+        while idx < total:
+            u = idx // d
+            k = idx - u * d
+            g = dz[u, k]
+            v = lv[u, k]
+            ev = math.exp(v)
+            a = beta * mu[u, k] * inv_u
+            b = beta * (ev - ONE) * inv_u * HALF
+            if has_eps != 0:
+                b += g * eps[u, k] * math.exp(v * HALF) * HALF
+            a += g
+            if has_pia != 0:
+                a += pmu[u, k]
+                b += plv[u, k]
+            do2[u, k] = a
+            do2[u, d + k] = b
+            idx += cuda.gridsize(1)
+
+    def rv_eaug(E, Ea):
+        """``Ea[i] = [E_i, ||E_i||^2, 1]`` (I, d + 2): X @ Ea gives X E, X rownorm2(E), n_u."""
+        i = cuda.grid(1)
+        if i < E.shape[0]:
+            d = E.shape[1]
+            acc = ZERO
+            for k in range(d):
+                e = E[i, k]
+                Ea[i, k] = e
+                acc += e * e
+            Ea[i, d] = acc
+            Ea[i, d + 1] = ONE
+
+    def rv_centroid(ax, cen):
+        """``cen[u] = (X E)_u / n_u`` from ``ax = X @ [E, rn2, 1]``; 0 where n_u = 0."""
+        d = cen.shape[1]
+        total = cen.shape[0] * d
+        idx = cuda.grid(1)
+        while idx < total:
+            u = idx // d
+            k = idx - u * d
+            n = ax[u, d + 1]
+            v = ZERO
+            if n > ZERO:
+                v = ax[u, k] / n
+            cen[u, k] = v
+            idx += cuda.gridsize(1)
+
+    def rv_pia_rows(mu, lv, ax, z, rows, has_z):
+        """Per user u (one thread): ``ebar = (X E)_u / n_u``, ``spread = (X rn2)_u / n_u -
+        ||ebar||^2``; closed form ``||mu - ebar||^2 + sum exp(logvar) + spread``, or with z
+        (S, U, d) the Monte Carlo ``mean_s ||z_su - ebar||^2 + spread`` (= mean_s mean_{i in
+        S_u} ||z_su - e_i||^2); NaN where n_u = 0."""
+        u = cuda.grid(1)
+        if u < rows.shape[0]:
+            d = mu.shape[1]
+            n = ax[u, d + 1]
+            if n > ZERO:
+                inv = ONE / n
+                eb2 = ZERO
+                acc = ZERO
+                for k in range(d):
+                    e = ax[u, k] * inv
+                    eb2 += e * e
+                    if has_z == 0:
+                        q = mu[u, k] - e
+                        acc += q * q + math.exp(lv[u, k])
+                if has_z != 0:
+                    S = z.shape[0]
+                    for s in range(S):
+                        for k in range(d):
+                            q = z[s, u, k] - ax[u, k] * inv
+                            acc += q * q
+                    acc = acc / DT(S)
+                rows[u] = acc + ax[u, d] * inv - eb2
+            else:
+                rows[u] = NAN
+
+    def rv_reduce(rows, ax, out):
+        """One block: ``out = (sum, count, sum / count)`` over the users with n_u > 0 (n_u in
+        ax's last column); ``sum / count`` is NaN when no user has items."""
+        r1 = cuda.shared.array(RVB, dtype=NB)
+        r2 = cuda.shared.array(RVB, dtype=NB)
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        c = ax.shape[1] - 1
+        a = ZERO
+        b = ZERO
+        for u in range(t, rows.shape[0], nt):
+            if ax[u, c] > ZERO:
+                a += rows[u]
+                b += ONE
+        r1[t] = a
+        r2[t] = b
+        se_tree(r1, t, nt, 0)
+        se_tree(r2, t, nt, 0)
+        if t == 0:
+            out[0] = r1[0]
+            out[1] = r2[0]
+            out[2] = r1[0] / r2[0] if r2[0] > ZERO else NAN
+
+    def rv_pia_grad_rows(mu, lv, ax, red, dmu, dlv, waug, scale):
+        """Gradient of ``scale * mean_{u: n_u > 0} L_A(u)`` in (mu, logvar), with Nv = red[1]:
+        ``dmu = scale 2 (mu - ebar) / Nv``, ``dlogvar = scale exp(logvar) / Nv`` (0 for empty
+        users), and ``waug[u] = [mu_u / n_u, 1 / n_u]`` (0 for empty users) for the E-gradient.
+        Thread (u, k) over (U, d)."""
+        d = mu.shape[1]
+        total = mu.shape[0] * d
+        c = scale / red[1]
+        idx = cuda.grid(1)
+        while idx < total:
+            u = idx // d
+            k = idx - u * d
+            n = ax[u, d + 1]
+            a = ZERO
+            b = ZERO
+            w = ZERO
+            if n > ZERO:
+                m = mu[u, k]
+                a = c * TWO * (m - ax[u, k] / n)
+                b = c * math.exp(lv[u, k])
+                w = m / n
+                if k == 0:
+                    waug[u, d] = ONE / n
+            elif k == 0:
+                waug[u, d] = ZERO
+            dmu[u, k] = a
+            dlv[u, k] = b
+            waug[u, k] = w
+            idx += cuda.gridsize(1)
+
+    def rv_pia_de(E, G, red, dE, scale):
+        """``dE_k = scale (2 / Nv) (e_k c_k - g_k)`` with ``G = X^T waug`` = [g, c]
+        (``g_k = sum_u X_uk mu_u / n_u``, ``c_k = sum_u X_uk / n_u``): the sum over users of
+        ``(2 / n_u)(e_k - mu_u)`` for k in S_u. Thread (k, j) over (I, d)."""
+        d = E.shape[1]
+        total = E.shape[0] * d
+        c = scale * TWO / red[1]
+        idx = cuda.grid(1)
+        while idx < total:
+            k = idx // d
+            j = idx - k * d
+            dE[k, j] = c * (E[k, j] * G[k, d] - G[k, j])
+            idx += cuda.gridsize(1)
+
+    def rv_w2(mu1, s1, mu2, s2, out):
+        """``out[u] = sqrt(||mu1_u - mu2_u||^2 + ||s1_u - s2_u||^2)`` (one thread per row)."""
+        u = cuda.grid(1)
+        if u < out.shape[0]:
+            acc = ZERO
+            for k in range(mu1.shape[1]):
+                a = mu1[u, k] - mu2[u, k]
+                b = s1[u, k] - s2[u, k]
+                acc += a * a + b * b
+            out[u] = math.sqrt(acc)
+
+    def rv_densify(data, indices, indptr, out):
+        """``out[u, indices_p] = data_p`` over row u's stored entries (one thread per row; out
+        zeroed by the caller): a CSR metric input expanded to the scores' dtype."""
+        u = cuda.grid(1)
+        if u < out.shape[0]:
+            for p in range(indptr[u], indptr[u + 1]):
+                out[u, indices[p]] = data[p]
+
+    def rv_metric_stats(scores, fold, held, out):
+        """The metric validator's value checks (grid-stride, atomics into out, zeroed by the
+        caller): out[0] = 1 if a score is NaN or +inf, out[1] / out[2] = 1 if X_fold / X_heldout
+        hold a value outside {0, 1}, out[3] += #(u, i) with both nonzero."""
+        n = scores.shape[1]
+        total = scores.shape[0] * n
+        idx = cuda.grid(1)
+        a = ZERO
+        b = ZERO
+        c = ZERO
+        ov = ZERO
+        while idx < total:
+            r = idx // n
+            j = idx - r * n
+            v = scores[r, j]
+            if v != v or v == INF:
+                a = ONE
+            f = fold[r, j]
+            h = held[r, j]
+            if f != ZERO and f != ONE:
+                b = ONE
+            if h != ZERO and h != ONE:
+                c = ONE
+            if f != ZERO and h != ZERO:
+                ov += ONE
+            idx += cuda.gridsize(1)
+        if a != ZERO:
+            cuda.atomic.max(out, 0, ONE)
+        if b != ZERO:
+            cuda.atomic.max(out, 1, ONE)
+        if c != ZERO:
+            cuda.atomic.max(out, 2, ONE)
+        if ov != ZERO:
+            cuda.atomic.add(out, 3, ov)
+
+    @cuda.jit(device=True, inline="always")
+    def rv_seqsum(a, n):
+        """``sum a[0:n]`` in float64, in order (the float32 kernels: the result is rounded to
+        float32 once, so the summation order does not show; keeps their float64 code small)."""
+        res = F64_0
+        for i in range(n):
+            res += a[i]
+        return res
+
+    @cuda.jit(device=True, inline="always")
+    def rv_pairwise64(a, n):
+        """NumPy's pairwise sum of ``a[0:n]`` (float64, n <= 128: the unrolled-by-8 block of
+        ``pairwise_sum``), so that DCG is bit-equal to the reference's ``.sum(axis=1)``."""
+        if n < 8:
+            res = F64_0
+            for i in range(n):
+                res += a[i]
+            return res
+        r0 = a[0]
+        r1 = a[1]
+        r2 = a[2]
+        r3 = a[3]
+        r4 = a[4]
+        r5 = a[5]
+        r6 = a[6]
+        r7 = a[7]
+        i = 8
+        while i < n - (n % 8):
+            r0 += a[i]
+            r1 += a[i + 1]
+            r2 += a[i + 2]
+            r3 += a[i + 3]
+            r4 += a[i + 4]
+            r5 += a[i + 5]
+            r6 += a[i + 6]
+            r7 += a[i + 7]
+            i += 8
+        res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+        while i < n:
+            res += a[i]
+            i += 1
+        return res
+
+    rv_pairwise = rv_pairwise64 if dtype == "float64" else rv_seqsum
+
+    def rv_topk(scores, fold, held, tp, idcg, out, k, mode):
+        """Recall@k (mode 0) or NDCG@k (mode 1) of one row per block.
+
+        Selection: the items ranked by (score descending, index ascending), fold-in items
+        (``fold != 0``) and ``-inf`` scores excluded; k rounds (k <= RV_KMAX), each a block
+        arg-max over the threads' current candidates; only the thread that owned the winner
+        rescans its items (strided by blockDim) for its next candidate, so a row is read about
+        ``1 + k / blockDim`` times. The selected indices live in shared memory. Then, with
+        ``|T| = #{i: held_ui != 0}`` and m = min(k, |T|): ``recall = hits / m``, ``ndcg = sum_r
+        hit_r tp[r] / idcg[m]`` (``tp[r] = 1 / log2(r + 2)`` and ``idcg[j] = sum_{r<j} tp[r]``
+        are the reference's tables, uploaded float64; DCG in NumPy's pairwise order in the float64
+        kernel, in order in the float32 one). The value is assembled in float64 and rounded once
+        to the output dtype (a few float64 instructions in the float32 kernel, by design); NaN
+        where |T| = 0."""
+        sv = cuda.shared.array(RVB, dtype=NB)
+        si = cuda.shared.array(RVB, dtype=int64)
+        sel = cuda.shared.array(RVK, dtype=int64)
+        t = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        u = cuda.blockIdx.x
+        I = scores.shape[1]
+        cnt = ZERO
+        for i in range(t, I, nt):
+            if held[u, i] != ZERO:
+                cnt += ONE
+        sv[t] = cnt
+        se_tree(sv, t, nt, 0)
+        nT = int64(sv[0])
+        cuda.syncthreads()
+        bv = NINF
+        bi = int64(-1)
+        for i in range(t, I, nt):
+            v = scores[u, i]
+            if v > NINF and fold[u, i] == ZERO:
+                if rv_before(v, i, bv, bi):
+                    bv = v
+                    bi = i
+        nsel = 0
+        for r in range(k):
+            sv[t] = bv
+            si[t] = bi
+            cuda.syncthreads()
+            off = nt // 2
+            while off > 0:
+                if t < off:
+                    if rv_before(sv[t + off], si[t + off], sv[t], si[t]):
+                        sv[t] = sv[t + off]
+                        si[t] = si[t + off]
+                cuda.syncthreads()
+                off //= 2
+            wi = si[0]
+            wv = sv[0]
+            cuda.syncthreads()
+            if wi < 0:
+                break
+            if t == 0:
+                sel[r] = wi
+            nsel += 1
+            if wi % nt == t:
+                bv = NINF
+                bi = int64(-1)
+                for i in range(t, I, nt):
+                    v = scores[u, i]
+                    if v > NINF and fold[u, i] == ZERO:
+                        if (v < wv or (v == wv and i > wi)) and rv_before(v, i, bv, bi):
+                            bv = v
+                            bi = i
+        if t == 0:
+            if nT == 0:
+                out[u] = NAN
+            else:
+                m = min(k, nT)
+                acc = cuda.local.array(RVK, dtype=float64)
+                hits = 0
+                for r in range(nsel):
+                    if held[u, sel[r]] != ZERO:
+                        hits += 1
+                        acc[r] = tp[r]
+                    else:
+                        acc[r] = F64_0
+                ncol = min(k, I)                 # the reference's (U, min(k, I)) hit matrix
+                for r in range(nsel, ncol):
+                    acc[r] = F64_0
+                if mode == 0:
+                    out[u] = DT(float64(hits) / float64(m))
+                else:
+                    out[u] = DT(rv_pairwise(acc, ncol) / idcg[m])
+
+    def _rv_cast(src, dst):
+        """``dst = src`` converted to this kernel's float dtype (grid-stride, 2-D)."""
+        n = dst.shape[1]
+        total = dst.shape[0] * n
+        idx = cuda.grid(1)
+        while idx < total:
+            r = idx // n
+            c = idx - r * n
+            dst[r, c] = DT(src[r, c])
+            idx += cuda.gridsize(1)
+
+    def rv_idx32(src, dst):
+        """``dst = int32(src)``: int64 CSR index arrays narrowed once (indices < 2^31)."""
+        i = cuda.grid(1)
+        if i < dst.shape[0]:
+            dst[i] = src[i]
+
+    def rv_flags(A, out, slot, kind):
+        """One value check of the Mult-VAE validators (``flags`` hook) over a 3-D view
+        (grid-stride, atomics into ``out[slot]``, zeroed by the caller): kind 0 "binary" /
+        1 "ones" / 2 "finite" / 3 "nonneg" set out[slot] = 1 on a violating entry; kind 4
+        "nonzero" sets it to 1 on a nonzero entry."""
+        n1 = A.shape[1]
+        n2 = A.shape[2]
+        total = A.shape[0] * n1 * n2
+        idx = cuda.grid(1)
+        hit = ZERO
+        while idx < total:
+            q = idx // n2
+            c = idx - q * n2
+            b = q // n1
+            r = q - b * n1
+            v = A[b, r, c]
+            if kind == 0:
+                bad = v != ZERO and v != ONE
+            elif kind == 1:
+                bad = v != ONE
+            elif kind == 2:
+                bad = not (v - v == ZERO)
+            elif kind == 3:
+                bad = not (v >= ZERO)
+            else:
+                bad = v != ZERO
+            if bad:
+                hit = ONE
+            idx += cuda.gridsize(1)
+        if hit != ZERO:
+            cuda.atomic.max(out, slot, ONE)
+
     return {
         "__tile__": TS,
         "fill1d": fill1d,
@@ -4035,4 +4709,37 @@ def _build(dtype: str) -> dict:
         "se_nll": se_nll,
         "se_wce_coef": se_wce_coef,
         "se_dot": se_dot,
+        "rv_rowprep": rv_rowprep,
+        "rv_csr_prep": rv_csr_prep,
+        "rv_spmm": rv_spmm,
+        "rv_spmm_t": rv_spmm_t,
+        "rv_tanh": rv_tanh,
+        "rv_tanh_bwd": rv_tanh_bwd,
+        "rv_latent": rv_latent,
+        "rv_nll_rows": rv_nll_rows,
+        "rv_kl_rows": rv_kl_rows,
+        "rv_loss_finish": rv_loss_finish,
+        "rv_latent_bwd": rv_latent_bwd,
+        "rv_eaug": rv_eaug,
+        "rv_centroid": rv_centroid,
+        "rv_pia_rows": rv_pia_rows,
+        "rv_reduce": rv_reduce,
+        "rv_pia_grad_rows": rv_pia_grad_rows,
+        "rv_pia_de": rv_pia_de,
+        "rv_w2": rv_w2,
+        "rv_densify": rv_densify,
+        "rv_metric_stats": rv_metric_stats,
+        "rv_topk": rv_topk,
+        "rv_cast_bool": _rv_cast,
+        "rv_cast_i8": _rv_cast,
+        "rv_cast_i16": _rv_cast,
+        "rv_cast_i32": _rv_cast,
+        "rv_cast_i64": _rv_cast,
+        "rv_cast_u8": _rv_cast,
+        "rv_cast_u16": _rv_cast,
+        "rv_cast_u32": _rv_cast,
+        "rv_cast_u64": _rv_cast,
+        "rv_cast_f": _rv_cast,
+        "rv_idx32": rv_idx32,
+        "rv_flags": rv_flags,
     }

@@ -103,6 +103,30 @@ def describe() -> str:
     return f"torch {torch.__version__}, {dev.type} ({torch.get_num_threads()} threads)"
 
 
+def read_packed(parts) -> list[np.ndarray]:
+    """Read several device values with ONE device-to-host copy (the validators' value checks).
+
+    ``parts``: 1-D (or 0-d) tensors of any integer / float / bool dtype on one device; floats
+    travel as float64 bit patterns inside an int64 tensor (exact), integers as int64. Returns
+    host NumPy arrays, one per part (float64 for floating parts, int64 otherwise)."""
+    packed, kinds = [], []
+    for p in parts:
+        p = p.detach().reshape(-1)
+        if p.is_floating_point():
+            packed.append(p.to(torch.float64).view(torch.int64))
+            kinds.append(True)
+        else:
+            packed.append(p.to(torch.int64))
+            kinds.append(False)
+    flat = torch.cat(packed).cpu().numpy() if packed else np.empty(0, np.int64)  # the one read
+    out, off = [], 0
+    for p, is_float in zip(packed, kinds):
+        chunk = flat[off:off + p.numel()]
+        out.append(chunk.view(np.float64) if is_float else chunk)
+        off += p.numel()
+    return out
+
+
 def autograd_vjp(fn, kwargs: dict, wrt, cotangent) -> dict:
     """Autograd's vector-Jacobian product of ``fn(**kwargs)`` w.r.t. the inputs named in ``wrt``.
 
@@ -146,6 +170,10 @@ from backends.torch.preference import (  # noqa: E402
     dpo_loss, dpo_loss_grad, linear_dpo_loss, linear_dpo_loss_grad, logits_sam_dpo,
     logits_sam_dpo_grad, seq_logps,
 )
+from backends.torch.recsys_vae import (  # noqa: E402
+    anneal_beta, gaussian_w2, item_centroids, multvae_forward, multvae_loss,
+    multvae_value_and_grad, ndcg_at_k, pia_anchor_grad, pia_anchor_loss, recall_at_k,
+)
 from backends.torch.safety_ensembles import (  # noqa: E402
     antibody_align_direction, antibody_lambda, antibody_weights, dpp_logdet_diversity,
     dro_ascent, harmful_perturb, ibdr_dual_update, ibdr_loss, ibdr_loss_grad,
@@ -158,7 +186,7 @@ from backends.torch.softdtw import (  # noqa: E402
 
 __all__ = [
     "NAME", "DTYPES", "device", "asarray", "to_numpy", "is_native", "synchronize",
-    "reset_peak_memory", "peak_memory", "describe", "autograd_vjp",
+    "reset_peak_memory", "peak_memory", "describe", "autograd_vjp", "read_packed",
     "soft_dtw", "soft_dtw_grad", "sdtw_cost", "sdtw_cost_vjp", "soft_dtw_divergence",
     "soft_dtw_divergence_grad",
     "sinkhorn_log", "sinkhorn", "sinkhorn_cost", "sinkhorn_cost_grad", "sinkhorn_divergence",
@@ -177,4 +205,7 @@ __all__ = [
     "antibody_weights", "weighted_token_ce", "weighted_token_ce_grad",
     "dpp_logdet_diversity", "ibdr_loss", "ibdr_loss_grad", "dro_ascent", "prediction_distance",
     "ibdr_dual_update",
+    "multvae_forward", "multvae_loss", "multvae_value_and_grad", "anneal_beta",
+    "item_centroids", "pia_anchor_loss", "pia_anchor_grad", "gaussian_w2", "recall_at_k",
+    "ndcg_at_k",
 ]

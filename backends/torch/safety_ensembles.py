@@ -86,7 +86,7 @@ from torch.autograd.function import once_differentiable
 
 from backends.torch import native as _native
 from backends.torch import preference as _pref
-from backends.torch import to_numpy
+from backends.torch import read_packed, to_numpy
 from refimpl import _ibdr as _ref_ibdr
 from refimpl import _validate as V
 
@@ -103,30 +103,6 @@ F64 = torch.float64
 
 
 # --------------------------------------------------------------------------- host reads
-
-
-def _read(parts):
-    """Read several device values with ONE device-to-host copy.
-
-    ``parts``: 1-D tensors (or 0-d) of any integer / float / bool dtype on one device; floats
-    travel as float64 bit patterns inside an int64 tensor (exact), integers as int64. Returns
-    host NumPy arrays, one per part (float64 for floating parts, int64 otherwise)."""
-    packed, kinds = [], []
-    for p in parts:
-        p = p.detach().reshape(-1)
-        if p.is_floating_point():
-            packed.append(p.to(F64).view(torch.int64))
-            kinds.append(True)
-        else:
-            packed.append(p.to(torch.int64))
-            kinds.append(False)
-    flat = torch.cat(packed).cpu().numpy() if packed else np.empty(0, np.int64)  # the one read
-    out, off = [], 0
-    for p, is_float in zip(packed, kinds):
-        chunk = flat[off:off + p.numel()]
-        out.append(chunk.view(np.float64) if is_float else chunk)
-        off += p.numel()
-    return out
 
 
 def _one_device(*xs) -> bool:
@@ -159,7 +135,7 @@ class _FlatReads:
         flags = [torch.stack(parts)] if parts else []
         if self.scalar is not None:
             flags.append(self.scalar.detach().reshape(1))
-        vals = _read(flags)
+        vals = read_packed(flags)
         self._flags = {id(v): bool(f) for v, f in zip(vs, vals[0])} if parts else {}
         if self.scalar is not None:
             self._scalar_value = np.asarray(vals[-1][0])
@@ -265,7 +241,7 @@ class _HeadReads:
         if ok_w:
             w64 = self.w.detach().to(F64)
             parts.append(torch.stack((torch.isfinite(w64).all().to(F64), w64.amin())))
-        vals = _read(parts)
+        vals = read_packed(parts)
         self._labels = vals[0].reshape(tuple(self.labels.shape))
         if ok_w:
             self._wstats = (bool(vals[1][0]), float(vals[1][1]))
@@ -386,7 +362,7 @@ def _particle_stats(x, y):
     xd = x.detach()
     fx = torch.stack((torch.isfinite(xd).all().to(F64), xd.amin().to(F64)))
     yl = y.detach().to(torch.int64)
-    fl, yy = _read([fx, torch.stack((yl.amin(), yl.amax()))])
+    fl, yy = read_packed([fx, torch.stack((yl.amin(), yl.amax()))])
     return bool(fl[0]), float(fl[1]), int(yy[0]), int(yy[1])
 
 
