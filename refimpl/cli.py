@@ -160,7 +160,8 @@ def cmd_bench(args) -> int:
     return 0
 
 
-DEMOS = ("softdtw", "ot", "squeezing", "cross-tokenizer", "inf-ssm", "causal", "antibody", "ibdr")
+DEMOS = ("softdtw", "ot", "squeezing", "cross-tokenizer", "inf-ssm", "causal", "antibody", "ibdr",
+         "recsys-vae")
 DTYPE_NAMES = tuple(dict.fromkeys(d for op in _ops.OPS for d in op.dtypes))
 
 

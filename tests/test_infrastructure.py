@@ -75,7 +75,7 @@ def test_probing_and_importing_backends_allocate_nothing_on_a_device():
 
 # Families whose issue promised every backend: a backend missing one of their ops is a bug.
 COMPLETE_FAMILIES = ("softdtw", "ot", "preference", "cross_tokenizer", "inf_ssm",
-                     "causal_discrete", "safety_ensembles")
+                     "causal_discrete", "safety_ensembles", "recsys_vae")
 
 
 @pytest.mark.parametrize("name", ["numpy", "torch", "cupy", "numba_cuda"])
@@ -320,3 +320,9 @@ def test_readme_tour_runs_and_computes_what_it_says(capsys):
     ld = ns["se"].dpp_logdet_diversity(np.exp(F) / np.exp(F).sum(-1, keepdims=True), y)
     assert ld <= 4 * np.log1p(1e-7)
     assert abs(ns["val"] - (np.mean(lse - Fbar[np.arange(8), y]) - 0.02 * ld)) < 1e-12
+    # Mult-VAE: the objective is the loss of the forward with the same mask and noise; one
+    # gradient per parameter, of its shape
+    rv, Xr, prm = ns["rv"], ns["Xr"], ns["prm"]
+    fwd = rv.multvae_forward(Xr, prm, ns["mask"], ns["eps"])
+    assert abs(ns["obj"] - rv.multvae_loss(Xr, *fwd, 0.2)[0]) < 1e-12
+    assert {k: g.shape for k, g in ns["grads"].items()} == {k: p.shape for k, p in prm.items()}
