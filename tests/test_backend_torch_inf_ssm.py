@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 if backends.reason("torch") is not None:
     pytest.skip(f"backend torch: {backends.reason('torch')}", allow_module_level=True)
 
-from autograd_saved import saved_numels
+from torch_testing import saved_numels
 from backends.torch import inf_ssm as T
 from refimpl import inf_ssm as R
 

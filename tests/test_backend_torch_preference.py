@@ -17,7 +17,7 @@ if backends.reason("torch") is not None:
 
 import torch.nn.functional as F
 
-from autograd_saved import saved_numels
+from torch_testing import saved_numels
 from backends.torch import preference as P
 
 HAVE_REF = importlib.util.find_spec("refimpl.preference") is not None

@@ -9,7 +9,6 @@ against a transcription of the notebook's ``Recall_at_k_batch`` / ``NDCG_binary_
 host read per validated call; bad input raising the reference's exception and message."""
 
 import inspect
-import re
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ if backends.reason("torch") is not None:
     pytest.skip(f"backend torch: {backends.reason('torch')}", allow_module_level=True)
 
 import scipy.sparse as sp
-from autograd_saved import saved_numels
+from torch_testing import npy, raises_like_reference, saved_numels, tt, up
 
 from backends.torch import recsys_vae as S
 from refimpl import _multvae as RM
@@ -37,28 +36,6 @@ PUBLIC = ("multvae_forward", "multvae_loss", "multvae_value_and_grad", "anneal_b
 METRICS = ("recall_at_k", "ndcg_at_k")
 
 
-def npy(x):
-    if isinstance(x, torch.Tensor):
-        x = x.detach()
-        if x.layout == torch.sparse_csr:
-            x = x.to_dense()
-        return (x.float() if x.dtype == BF16 else x).cpu().numpy()
-    return np.asarray(x)
-
-
-def tt(x, dtype=F64):
-    x = np.asarray(x)
-    if x.dtype.kind in "iub":
-        return torch.as_tensor(x)
-    return torch.as_tensor(np.asarray(x, dtype=np.float64)).to(dtype)
-
-
-def up(x):
-    """The float64 values a tensor holds (what the reference is given)."""
-    a = npy(x)
-    return a.astype(np.float64) if a.dtype.kind == "f" else a
-
-
 def csr(X, dtype=F64):
     return tt(X, dtype).to_sparse_csr()
 
@@ -70,14 +47,6 @@ def assert_close(got, want, dtype=F64, atol=None, rtol=None):
     assert g.shape == w.shape, (g.shape, w.shape)
     np.testing.assert_allclose(g, w, atol=a0 if atol is None else atol,
                                rtol=r0 if rtol is None else rtol)
-
-
-def raises_like_reference(ref_call, torch_call):
-    """``torch_call`` raises the reference's exception type with the reference's exact message."""
-    with pytest.raises(Exception) as ref_exc:
-        ref_call()
-    with pytest.raises(ref_exc.type, match="^" + re.escape(str(ref_exc.value)) + "$"):
-        torch_call()
 
 
 def model_case(U=6, I=12, H=5, d=3, seed=0, empty_row=True, scale=1.0):

@@ -8,7 +8,6 @@ the chunked path), one host read per call, and bad input raising the reference's
 with the reference's message."""
 
 import inspect
-import re
 
 import numpy as np
 import pytest
@@ -19,31 +18,12 @@ torch = pytest.importorskip("torch")
 if backends.reason("torch") is not None:
     pytest.skip(f"backend torch: {backends.reason('torch')}", allow_module_level=True)
 
-from autograd_saved import saved_numels
+from torch_testing import npy, raises_like_reference, saved_numels, tt, up
 from backends.torch import safety_ensembles as S
 from refimpl import safety_ensembles as R
 
 F64, F32, BF16 = torch.float64, torch.float32, torch.bfloat16
 TOL = {F64: (1e-10, 1e-10), F32: (1e-5, 5e-4), BF16: (5e-2, 5e-1)}     # (atol, rtol)
-
-
-def npy(x):
-    if isinstance(x, torch.Tensor):
-        x = x.detach()
-        return (x.float() if x.dtype == BF16 else x).cpu().numpy()
-    return np.asarray(x)
-
-
-def tt(x, dtype=F64):
-    x = np.asarray(x)
-    if x.dtype.kind in "iub":
-        return torch.as_tensor(x)
-    return torch.as_tensor(np.asarray(x, dtype=np.float64)).to(dtype)
-
-
-def up(x):
-    """The float64 values a tensor holds (what the reference is given)."""
-    return npy(x).astype(np.float64) if npy(x).dtype.kind == "f" else npy(x)
 
 
 def assert_close(got, want, dtype=F64, atol=None, rtol=None):
@@ -56,14 +36,6 @@ def assert_close(got, want, dtype=F64, atol=None, rtol=None):
     assert g.shape == w.shape, (g.shape, w.shape)
     np.testing.assert_allclose(g, w, atol=a0 if atol is None else atol,
                                rtol=r0 if rtol is None else rtol)
-
-
-def raises_like_reference(ref_call, torch_call):
-    """``torch_call`` raises the reference's exception type with the reference's exact message."""
-    with pytest.raises(Exception) as ref_exc:
-        ref_call()
-    with pytest.raises(ref_exc.type, match="^" + re.escape(str(ref_exc.value)) + "$"):
-        torch_call()
 
 
 def head_case(B=3, T=5, d=8, V=11, seed=0, prompt=2, empty_row=True):
@@ -238,7 +210,6 @@ def test_gradcheck_weighted_token_ce():
             return S.weighted_token_ce(H, W, tt(labels), tt(w), b, variant=variant,
                                        token_chunk=3, vocab_chunk=2)
         assert torch.autograd.gradcheck(fn, [tt(x).requires_grad_(True) for x in (H, W, b)])
-
 
 
 def test_no_n_by_v_tensor_saved_when_chunked():
