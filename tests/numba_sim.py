@@ -54,3 +54,19 @@ def raises_like_reference(ref_call, nb_call):
         ref_call()
     with pytest.raises(ref_exc.type, match=re.escape(str(ref_exc.value))):
         nb_call()
+
+
+def count_host_reads(monkeypatch) -> list:
+    """Count the simulator's device-to-host copies from now on: returns the list that receives
+    the shape of each copied array."""
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+    reads = []
+    orig = FakeCUDAArray.copy_to_host
+
+    def counting(self, *args, **kw):
+        reads.append(tuple(self.shape))
+        return orig(self, *args, **kw)
+
+    monkeypatch.setattr(FakeCUDAArray, "copy_to_host", counting)
+    return reads

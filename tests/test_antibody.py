@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy.special import log_softmax
 
+from finite_diff import central, fd_grad
 from refimpl import _antibody as A
 from refimpl._cases import safety_ensembles as C
 
@@ -32,19 +33,6 @@ def dense_ce(H, W, labels, b=None, ignore_index=IGN):
     y = np.where(m, labels, 0)
     ce = -np.take_along_axis(log_softmax(Z, axis=-1), y[..., None], axis=-1)[..., 0]
     return ce * m, m
-
-
-def central(f, x, E, h=1e-6):
-    return (f(x + h * E) - f(x - h * E)) / (2 * h)
-
-
-def fd_grad(f, x, h=1e-6):
-    g = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        E = np.zeros_like(x)
-        E[i] = 1.0
-        g[i] = central(f, x, E, h)
-    return g
 
 
 # --------------------------------------------------------------------------- 1. weights

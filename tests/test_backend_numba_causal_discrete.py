@@ -31,6 +31,7 @@ pytest.importorskip("numba")
 from backends.numba_cuda import _kernels as K  # noqa: E402
 from backends.numba_cuda import causal_discrete as C  # noqa: E402
 
+from numba_sim import count_host_reads  # noqa: E402
 from numba_sim import GPU_REASON, ON_GPU, conforms, nb, sim_only  # noqa: E402,F401
 from numba_sim import raises_like_reference  # noqa: E402
 from numba_sim import rng_for as _rng  # noqa: E402
@@ -308,15 +309,6 @@ def test_sim_failed_factorisation_raises_the_reference_error(nb, monkeypatch):
 
 @sim_only
 def test_sim_host_reads_are_the_documented_ones(nb, monkeypatch):
-    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
-
-    reads = []
-    orig = FakeCUDAArray.copy_to_host
-
-    def counting(self, *args, **kw):
-        reads.append(tuple(self.shape))
-        return orig(self, *args, **kw)
-
     rng = _rng(9)
     cards = [2, 3, 2]
     X = _codes(rng, 10, cards)
@@ -324,7 +316,7 @@ def test_sim_host_reads_are_the_documented_ones(nb, monkeypatch):
     Xd, Sd, wd = nb.asarray(X), nb.asarray(S), nb.asarray(rng.random(10))
     cd, kd = nb.asarray(np.array(cards)), nb.asarray(np.array([1, 2]))
     Xf = nb.asarray(rng.normal(size=(5, 2)))
-    monkeypatch.setattr(FakeCUDAArray, "copy_to_host", counting)
+    reads = count_host_reads(monkeypatch)
     nb.discrete_score_plugin(Xd, cards)
     nb.gsm_marginal_loss(Sd, Xd, cards)
     nb.leaf_statistic(Sd, Xd, cards)

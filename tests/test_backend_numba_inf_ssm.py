@@ -32,6 +32,7 @@ pytest.importorskip("numba")
 from backends.numba_cuda import _kernels as K  # noqa: E402
 from backends.numba_cuda import inf_ssm as I  # noqa: E402
 
+from numba_sim import count_host_reads  # noqa: E402
 from numba_sim import GPU_REASON, ON_GPU, conforms, nb, sim_only  # noqa: E402,F401
 from numba_sim import raises_like_reference  # noqa: E402
 from numba_sim import rng_for as _rng  # noqa: E402
@@ -506,22 +507,13 @@ def test_sim_bad_input_raises_the_reference_errors(nb):
 def test_sim_host_reads_are_the_documented_ones(nb, monkeypatch):
     """One (k, 2) stats read per call (validation), plus one 8-byte read for the principled
     variants; none per scan in the regulariser."""
-    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
-
-    reads = []
-    orig = FakeCUDAArray.copy_to_host
-
-    def counting(self, *args, **kw):
-        reads.append(tuple(self.shape))
-        return orig(self, *args, **kw)
-
     rng = _rng(11)
     a, c = _systems(rng, (3,), 3, wide=True)
     new, old = _scans(rng, 5, 2, 3)
     d = lambda x: _d(nb, x)  # noqa: E731
     args = [d(x) for x in (a, c, a[:, ::-1], c)]
     nd, od = [(d(x), d(y)) for x, y in new], [(d(x), d(y)) for x, y in old]
-    monkeypatch.setattr(FakeCUDAArray, "copy_to_host", counting)
+    reads = count_host_reads(monkeypatch)
     nb.infssm_distance(*args)
     nb.infssm_distance_grad(*args)
     assert reads == [(4, 2), (4, 2)]

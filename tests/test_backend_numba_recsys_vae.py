@@ -27,6 +27,7 @@ pytest.importorskip("numba")
 from backends.numba_cuda import _kernels as K  # noqa: E402
 from backends.numba_cuda import recsys_vae as S  # noqa: E402
 
+from numba_sim import count_host_reads  # noqa: E402
 from numba_sim import GPU_REASON, ON_GPU, conforms, nb, sim_only  # noqa: E402,F401
 from numba_sim import raises_like_reference  # noqa: E402
 from numba_sim import rng_for as _rng  # noqa: E402
@@ -275,20 +276,11 @@ def test_sim_bad_input_raises_the_reference_errors(nb):
 
 @sim_only
 def test_sim_one_host_read_per_call(nb, monkeypatch):
-    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
-
     _, X, P, mask, eps, E = _model(5)
     d = lambda a: _d(nb, a)  # noqa: E731
     args = (d(X), _pd(nb, P, "float64"), 0.1, d(mask), d(eps))
     scores, fold, held = (nb.asarray(a) for a in _metric_data(8))
-    reads = []
-    orig = FakeCUDAArray.copy_to_host
-
-    def counting(self, *a, **kw):
-        reads.append(tuple(self.shape))
-        return orig(self, *a, **kw)
-
-    monkeypatch.setattr(FakeCUDAArray, "copy_to_host", counting)
+    reads = count_host_reads(monkeypatch)
     S.multvae_value_and_grad(*args, E=d(E), lam_A=0.5)     # X, mask, eps, E, X nonempty
     S.pia_anchor_loss(d(eps), d(eps), d(X), d(E))            # mu, logvar, X, E, nonempty
     S.ndcg_at_k(scores, fold, held, 5)

@@ -23,6 +23,7 @@ pytest.importorskip("numba")
 from backends.numba_cuda import _kernels as K  # noqa: E402
 from backends.numba_cuda import safety_ensembles as S  # noqa: E402
 
+from numba_sim import count_host_reads  # noqa: E402
 from numba_sim import GPU_REASON, ON_GPU, conforms, nb, sim_only  # noqa: E402,F401
 from numba_sim import raises_like_reference  # noqa: E402
 from numba_sim import rng_for as _rng  # noqa: E402
@@ -204,19 +205,10 @@ def test_sim_bad_input_raises_the_reference_errors(nb):
 
 @sim_only
 def test_sim_one_host_read_per_call(nb, monkeypatch):
-    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
-
     rng = _rng(4)
     gs, gh, gp, gr, th = (_d(nb, x) for x in _vectors(rng))
     L, y = _d(nb, rng.normal(size=(2, 3, 5))), _d(nb, np.array([0, 4, 2]))
-    reads = []
-    orig = FakeCUDAArray.copy_to_host
-
-    def counting(self, *args, **kw):
-        reads.append(tuple(self.shape))
-        return orig(self, *args, **kw)
-
-    monkeypatch.setattr(FakeCUDAArray, "copy_to_host", counting)
+    reads = count_host_reads(monkeypatch)
     S.antibody_align_direction(gs, gh, gp, gr, 0.5)
     S.harmful_perturb(th, gh)
     S.ibdr_loss_grad(L, y)

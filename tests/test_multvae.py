@@ -6,12 +6,15 @@ against Monte Carlo and its gradients (with the spread term shown necessary), in
 and draw statistics, the Wasserstein distance against quantile integrals, the registry cases
 and argument errors."""
 
+import functools
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 from scipy import integrate, stats
 from scipy.special import log_softmax
 
+import finite_diff
 from refimpl import _multvae as M
 from refimpl._cases import recsys_vae as C
 
@@ -28,17 +31,7 @@ def model(seed=0, size=TINY, mode="dropout", empty_row=None, pia=False, lam_A=1.
     return kw
 
 
-def central(f, x, D, h=1e-5):
-    return (f(x + h * D) - f(x - h * D)) / (2 * h)
-
-
-def fd_grad(f, x, h=1e-5):
-    g = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        D = np.zeros_like(x)
-        D[i] = 1.0
-        g[i] = central(f, x, D, h)
-    return g
+fd_grad = functools.partial(finite_diff.fd_grad, h=1e-5)
 
 
 def vg_loss(kw, **change):
