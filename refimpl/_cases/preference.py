@@ -81,6 +81,12 @@ def _sizes(scale):
     raise ValueError(f"unknown scale {scale!r}")
 
 
+def _chunk_paths(scale, j):
+    """The chunking paths of loss ``j``: both at "small"; at "tiny" (the Numba simulator, where
+    a case costs seconds) both for the first loss and one, alternating, for the others."""
+    return CHUNKS if scale != "tiny" or j == 0 else (CHUNKS[j % 2],)
+
+
 def _bench_head(rng, B, T, d, V):
     """Full-completion bench inputs (every token of the 2 B rows is a completion token)."""
     H, W, b, labels, mask = head_inputs(rng, B, T, d, V, bias=False, min_completion=T)
@@ -170,7 +176,7 @@ def cases_linear_dpo(rng, scale):
     sizes = _sizes(scale)
     for i, (B, T, d, V) in enumerate(sizes):
         for j, (lt, eps) in enumerate(LOSSES):
-            for chunks in CHUNKS:
+            for chunks in _chunk_paths(scale, j):
                 bias = (i + j) % 2 == 0
                 out.append(Case(f"{_label(B, T, d, V)}_{lt}_eps{eps}_b{int(bias)}_chunks{chunks}",
                                 _linear_kw(rng, B, T, d, V, lt, eps, chunks, bias)))
@@ -186,7 +192,7 @@ def cases_logits_sam(rng, scale):
     for i, (B, T, d, V) in enumerate(sizes):
         for j, (lt, eps) in enumerate(LOSSES):
             rho = rhos[(i + j) % 3]
-            for chunks in CHUNKS:
+            for chunks in _chunk_paths(scale, j):
                 bias = (i + j) % 2 == 1
                 kw = _linear_kw(rng, B, T, d, V, lt, eps, chunks, bias)
                 kw["rho"] = rho
