@@ -21,6 +21,7 @@ from refimpl._cases import causal_graph as _cg
 from refimpl._cases import causal_score as _cs
 from refimpl._cases import ctpd as _ct
 from refimpl._cases import dwa_kd as _dk
+from refimpl._cases import gnn as _gn
 from refimpl._cases import inf_ssm as _is
 from refimpl._cases import ot as _ot
 from refimpl._cases import preference as _pf
@@ -251,6 +252,40 @@ OPS: tuple[Op, ...] = (
        _rv.TOL_METRICS, doc="Recall@k of the notebook (fold-in excluded, NaN without targets)"),
     Op("ndcg_at_k", "recsys_vae", _rv.MULTVAE_PAPER, ("ndcg",), _rv.cases_ndcg_at_k,
        _rv.TOL_METRICS, doc="NDCG@k of the notebook (binary relevance, NaN without targets)"),
+    Op("gcn_layer", "gnn", _gn.PAPER, ("H",), _gn.cases_gcn_layer, _gn.TOL,
+       wrt=("X", "W", "b", "edge_weight"), vjp=_gn.vjp_gcn_layer,
+       doc="GCN layer (PyG GCNConv): remaining self-loops, symmetric normalisation, CSR sum"),
+    Op("gcn_layer_vjp", "gnn", _gn.PAPER, ("dX", "dW", "db", "dedge_weight"),
+       _gn.cases_gcn_layer_vjp, _gn.TOL, grad_of="gcn_layer",
+       doc="GCN layer forward + backward (edge-weight gradient through the degrees)"),
+    Op("gat_layer", "gnn", _gn.PAPER, ("H", "alpha"), _gn.cases_gat_layer, _gn.TOL,
+       wrt=("X", "W", "a_src", "a_dst", "b", "W_e", "a_e"), vjp=_gn.vjp_gat_layer,
+       doc="GAT layer (PyG GATConv): per-destination, per-head segment softmax, edge features"),
+    Op("gat_layer_vjp", "gnn", _gn.PAPER, ("dX", "dW", "da_src", "da_dst", "db", "dW_e", "da_e"),
+       _gn.cases_gat_layer_vjp, _gn.TOL, grad_of="gat_layer",
+       doc="GAT layer forward + backward (softmax backward per destination row)"),
+    Op("gin_layer", "gnn", _gn.PAPER, ("H",), _gn.cases_gin_layer, _gn.TOL,
+       wrt=("X", "W1", "b1", "W2", "b2"), vjp=_gn.vjp_gin_layer,
+       doc="GIN layer (PyG GINConv, eps fixed): MLP((1 + eps) x_i + sum of in-neighbours)"),
+    Op("gin_layer_vjp", "gnn", _gn.PAPER, ("dX", "dW1", "db1", "dW2", "db2"),
+       _gn.cases_gin_layer_vjp, _gn.TOL, grad_of="gin_layer", doc="GIN layer forward + backward"),
+    Op("segment_softmax", "gnn", _gn.PAPER, ("alpha",), _gn.cases_segment_softmax, _gn.TOL,
+       wrt=("scores",), vjp=_gn.vjp_segment_softmax,
+       doc="softmax of edge scores per destination (and head), max-shifted, + 1e-16"),
+    Op("segment_softmax_vjp", "gnn", _gn.PAPER, ("dscores",), _gn.cases_segment_softmax_vjp,
+       _gn.TOL, grad_of="segment_softmax", doc="segment softmax backward"),
+    Op("fuse", "gnn", _gn.PAPER, ("H", "beta"), _gn.cases_fuse, _gn.TOL, outputs=_gn.outputs_fuse,
+       wrt=("H_stack",), vjp=_gn.vjp_fuse,
+       doc="relation fusion: global softmax (code), concat (code), semantic / node attention"),
+    Op("fuse_vjp", "gnn", _gn.PAPER, ("dH_stack",), _gn.cases_fuse_vjp, _gn.TOL, grad_of="fuse",
+       doc="relation fusion backward (stack and fusion parameters)"),
+    Op("focal_bce", "gnn", _gn.PAPER, ("loss",), _gn.cases_focal_bce, _gn.TOL, wrt=("outputs",),
+       vjp=_gn.vjp_focal_bce,
+       doc="focal BCE as the code uses it (on sigmoid outputs) or on logits (alpha_t)"),
+    Op("focal_bce_grad", "gnn", _gn.PAPER, ("loss", "doutputs"), _gn.cases_focal_bce, _gn.TOL,
+       grad_of="focal_bce", doc="focal BCE and its gradient w.r.t. the outputs"),
+    Op("edge_mlp_weights", "gnn", _gn.PAPER, ("w",), _gn.cases_edge_mlp_weights, _gn.TOL,
+       doc="PdM edge weights sigmoid(MLP(standardised attributes)) + 1e-8"),
 )
 
 REGISTRY: dict[str, Op] = {op.name: op for op in OPS}

@@ -2099,3 +2099,614 @@ def rv_split_args(users, items, ratings, n_heldout, test_prop, seed, min_rating,
         raise ValueError(f"the ratings table has {int((counts > 1).sum())} duplicate (user, item) "
                          f"pairs (e.g. user {u}, item {i}); keep one row per pair")
     return users, items, ratings, n_heldout, test_prop, int(seed), min_rating, min_items
+
+
+# ---- gnn: layers
+#
+# Graph layers of the gnn family (arXiv 2507.07298; PyG semantics, messages flow
+# ``edge_index[0]`` (source) -> ``edge_index[1]`` (destination)), reference refimpl._gnn_layers.
+# Shapes, dtypes and Python scalars are read from the arrays' metadata. The VALUE checks (node
+# indices inside [0, N), edge weights / attributes finite, GCN edge weights >= 0) go through ONE
+# callable per call so that a GPU backend validates with one host read:
+# ``stats(requests)`` receives a tuple of ``(kind, array)`` pairs with kind in GNN_STAT_KINDS and
+# returns one real number per pair, in order:
+#   "min" / "max"  the smallest / largest entry (+inf / -inf for an empty array),
+#   "nonfinite"    the number of NaN / inf entries (0 for an empty array);
+# compute them on the device, stack them into one vector and read it once. Integer index arrays
+# (``edge_index``, ``dst``) may have any integer dtype (int64 and int32 in practice); the float
+# arrays of one call (X, weights, G, ...) share X's dtype (float32 or float64), except in
+# ``gcn_norm`` / ``add_self_loops``, which have no X (edge_weight: either float dtype).
+
+GNN_STAT_KINDS = ("min", "max", "nonfinite")
+GNN_LOOP_MODES = ("remaining", "replace")
+
+
+class GnnShape(NamedTuple):
+    N: int          # nodes (X's rows)
+    E: int          # input edges (edge_index's columns)
+    F: int          # input features (X's columns)
+    F_out: int      # output features
+    dtype: str      # the one float dtype of the call
+
+
+class GatShape(NamedTuple):
+    N: int
+    E: int
+    F: int
+    heads: int      # from a_src's shape (heads, C)
+    C: int          # channels per head
+    D: int          # edge-attribute width (0 without edge_attr)
+    F_out: int      # heads*C if concat else C
+    dtype: str
+
+
+class GinShape(NamedTuple):
+    N: int
+    E: int
+    F: int
+    hidden: int     # W1's columns
+    F_out: int      # W2's columns
+    dtype: str
+
+
+def _gnn_default_stats(requests) -> tuple[float, ...]:
+    """The ``stats`` contract of this section for NumPy arrays (and torch CPU tensors)."""
+    out = []
+    for kind, x in requests:
+        a = np.asarray(x)
+        if kind == "min":
+            out.append(float(a.min()) if a.size else math.inf)
+        elif kind == "max":
+            out.append(float(a.max()) if a.size else -math.inf)
+        elif kind == "nonfinite":
+            out.append(float(np.count_nonzero(~np.isfinite(a))))
+        else:
+            raise ValueError(f"unknown stat kind {kind!r}; expected one of {GNN_STAT_KINDS}")
+    return tuple(out)
+
+
+def _gnn_run(checks: list, stats: Callable | None) -> None:
+    """``checks``: list of ``(kind, array, ok(value) -> bool, message(value) -> str)``; ONE
+    ``stats`` call for all of them, the first failing check raises ValueError."""
+    if not checks:
+        return
+    values = (stats or _gnn_default_stats)(tuple((k, x) for k, x, _, _ in checks))
+    for (_, _, ok, msg), v in zip(checks, values):
+        v = float(v)
+        if not ok(v):
+            raise ValueError(msg(v))
+
+
+def gnn_n_nodes(n_nodes) -> int:
+    """``n_nodes``: an int >= 1."""
+    return positive_int(n_nodes, "n_nodes")
+
+
+def gnn_bool(v, name: str) -> bool:
+    """A Python (or NumPy) bool flag (``improved``, ``add_loops``, ``normalize``, ``concat``)."""
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
+    return bool(v)
+
+
+def _gnn_index_checks(x, name: str, N: int) -> list:
+    """The range checks of an index array: every entry in [0, N)."""
+    return [("max", x, lambda v: v < N,
+             lambda v: f"{name} has node indices outside [0, {N}): max {int(v)}"),
+            ("min", x, lambda v: v >= 0,
+             lambda v: f"{name} has node indices outside [0, {N}): min {int(v)}")]
+
+
+def gnn_edge_index(edge_index, N: int, name: str = "edge_index") -> tuple[int, list]:
+    """``edge_index``: an integer array (2, E), E >= 0. Returns ``(E, range checks)`` (the
+    checks go to one ``stats`` call with the caller's other value checks)."""
+    if not hasattr(edge_index, "shape") or not hasattr(edge_index, "dtype"):
+        raise TypeError(f"{name} must be an integer array of shape (2, E), got "
+                        f"{type(edge_index).__name__}")
+    dt = dtype_name(edge_index)
+    if dt not in _INT_DTYPES:
+        raise TypeError(f"{name} must be an integer array, got {dt}")
+    if len(edge_index.shape) != 2 or int(edge_index.shape[0]) != 2:
+        raise ValueError(f"{name} must have shape (2, E) (sources, destinations), got "
+                         f"{tuple(edge_index.shape)}")
+    return int(edge_index.shape[1]), _gnn_index_checks(edge_index, name, N)
+
+
+def gnn_nodes(X) -> tuple[int, int, str]:
+    """Node features ``X`` (N, F), float32/float64, N >= 1. Returns ``(N, F, dtype)``."""
+    float_array(X, "X", ndims=(2,))
+    N, F = (int(s) for s in X.shape)
+    if N < 1:
+        raise ValueError(f"X must have at least one node (row), got shape {(N, F)}")
+    return N, F, dtype_name(X)
+
+
+def _gnn_like(x, name: str, want: tuple[int, ...], dt: str | None, what: str) -> None:
+    """``x`` a float array of shape ``want`` (``what`` explains it) and dtype ``dt`` (X's)."""
+    float_array(x, name, ndims=(len(want),))
+    if dt is not None and dtype_name(x) != dt:
+        raise TypeError(f"{name} must have X's dtype ({dt}), got {dtype_name(x)}")
+    if tuple(int(s) for s in x.shape) != tuple(want):
+        raise ValueError(f"{name} must have shape {what} = {tuple(want)}, got {tuple(x.shape)}")
+
+
+def _gnn_matrix(x, name: str, rows: int, dt: str, what: str) -> int:
+    """A 2-D float array of X's dtype with ``rows`` rows and >= 1 columns (``what`` names the
+    expected shape and where ``rows`` comes from). Returns the column count."""
+    float_array(x, name, ndims=(2,))
+    if dtype_name(x) != dt:
+        raise TypeError(f"{name} must have X's dtype ({dt}), got {dtype_name(x)}")
+    if int(x.shape[0]) != rows or int(x.shape[1]) < 1:
+        raise ValueError(f"{name} must have shape {what} = {rows}, got {tuple(x.shape)}")
+    return int(x.shape[1])
+
+
+def gnn_fill(fill) -> float | str:
+    """``fill``: a finite real number or ``"mean"``."""
+    if isinstance(fill, str):
+        if fill != "mean":
+            raise ValueError(f"fill must be a real number or 'mean', got {fill!r}")
+        return fill
+    if isinstance(fill, bool) or not isinstance(fill, numbers.Real):
+        raise TypeError(f"fill must be a real number or 'mean', got {type(fill).__name__}")
+    v = float(fill)
+    if not math.isfinite(v):
+        raise ValueError(f"fill must be finite, got {v}")
+    return v
+
+
+def _gnn_weight_checks(w, name: str, nonneg: bool) -> list:
+    checks = [("nonfinite", w, lambda v: v == 0,
+               lambda v: f"{name} contains NaN or inf ({int(v)} entries)")]
+    if nonneg:
+        checks.append(("min", w, lambda v: v >= 0,
+                       lambda v: f"{name} must be non-negative for GCN normalisation; min {v:g}"))
+    return checks
+
+
+def _gnn_edge_weight(edge_weight, E: int, dt: str | None) -> None:
+    """``edge_weight`` (E,) float (of X's dtype where there is an X)."""
+    _gnn_like(edge_weight, "edge_weight", (E,), dt, "(E,) (one weight per edge of edge_index)")
+
+
+def gnn_to_csr_args(edge_index, n_nodes, stats: Callable | None = None) -> tuple[int, int]:
+    """``to_csr``: n_nodes int >= 1, edge_index (2, E) integer in [0, n_nodes). One ``stats``
+    call. Returns ``(N, E)``."""
+    N = gnn_n_nodes(n_nodes)
+    E, checks = gnn_edge_index(edge_index, N)
+    _gnn_run(checks, stats)
+    return N, E
+
+
+def gnn_self_loops_args(edge_index, n_nodes, edge_weight, fill, mode,
+                        stats: Callable | None = None) -> tuple[int, int, float | str, str]:
+    """``add_self_loops``: as :func:`gnn_to_csr_args`; edge_weight None, (E,) or (E, D) float
+    (values not checked: they are only moved, or averaged for ``fill="mean"``); fill a finite
+    real or "mean"; mode in GNN_LOOP_MODES. One ``stats`` call. Returns ``(N, E, fill, mode)``."""
+    N = gnn_n_nodes(n_nodes)
+    E, checks = gnn_edge_index(edge_index, N)
+    fill = gnn_fill(fill)
+    choice(mode, "mode", GNN_LOOP_MODES)
+    if edge_weight is not None:
+        float_array(edge_weight, "edge_weight", ndims=(1, 2))
+        if int(edge_weight.shape[0]) != E:
+            raise ValueError(f"edge_weight must have E = {E} rows (one per edge of edge_index), "
+                             f"got shape {tuple(edge_weight.shape)}")
+    _gnn_run(checks, stats)
+    return N, E, fill, mode
+
+
+def gnn_norm_args(edge_index, n_nodes, edge_weight, improved, add_loops,
+                  stats: Callable | None = None) -> tuple[int, int]:
+    """``gcn_norm``: as :func:`gnn_to_csr_args`; edge_weight None or (E,) float, finite, >= 0;
+    improved and add_loops bools. One ``stats`` call. Returns ``(N, E)``."""
+    N = gnn_n_nodes(n_nodes)
+    E, checks = gnn_edge_index(edge_index, N)
+    gnn_bool(improved, "improved")
+    gnn_bool(add_loops, "add_loops")
+    if edge_weight is not None:
+        _gnn_edge_weight(edge_weight, E, None)
+        checks += _gnn_weight_checks(edge_weight, "edge_weight", True)
+    _gnn_run(checks, stats)
+    return N, E
+
+
+def gcn_layer_args(X, edge_index, W, b, edge_weight, improved, add_loops, normalize, G=None,
+                   stats: Callable | None = None) -> GnnShape:
+    """``gcn_layer`` / ``gcn_layer_vjp``: X (N, F); edge_index (2, E) in [0, N); W (F, F_out);
+    b None or (F_out,); edge_weight None or (E,), finite, and >= 0 when ``normalize``; improved,
+    add_loops, normalize bools; G None or (N, F_out) (the cotangent of H). One float dtype, one
+    ``stats`` call."""
+    N, F, dt = gnn_nodes(X)
+    E, checks = gnn_edge_index(edge_index, N)
+    F_out = _gnn_matrix(W, "W", F, dt, "(F, F_out) with F_out >= 1 and F = X.shape[1]")
+    if b is not None:
+        _gnn_like(b, "b", (F_out,), dt, "(F_out,) (W's columns)")
+    gnn_bool(improved, "improved")
+    gnn_bool(add_loops, "add_loops")
+    normalize = gnn_bool(normalize, "normalize")
+    if edge_weight is not None:
+        _gnn_edge_weight(edge_weight, E, dt)
+        checks += _gnn_weight_checks(edge_weight, "edge_weight", normalize)
+    if G is not None:
+        _gnn_like(G, "G", (N, F_out), dt, "(N, F_out) (the shape of H)")
+    _gnn_run(checks, stats)
+    return GnnShape(N, E, F, F_out, dt)
+
+
+def segment_softmax_args(scores, dst, n_nodes, G=None, stats: Callable | None = None
+                         ) -> tuple[int, int, str]:
+    """``segment_softmax`` / ``_vjp``: scores (E,) or (E, H) float (values not checked: NaN and
+    inf propagate as in PyG); dst (E,) integer in [0, n_nodes); n_nodes int >= 1; G None or of
+    the scores' shape and dtype. One ``stats`` call. Returns ``(N, E, dtype)``."""
+    float_array(scores, "scores", ndims=(1, 2))
+    dt = dtype_name(scores)
+    E = int(scores.shape[0])
+    N = gnn_n_nodes(n_nodes)
+    if not hasattr(dst, "shape") or not hasattr(dst, "dtype"):
+        raise TypeError(f"dst must be an integer array of shape (E,), got {type(dst).__name__}")
+    if dtype_name(dst) not in _INT_DTYPES:
+        raise TypeError(f"dst must be an integer array, got {dtype_name(dst)}")
+    if tuple(int(s) for s in dst.shape) != (E,):
+        raise ValueError(f"dst must have shape (E,) = ({E},) (one destination per row of "
+                         f"scores), got {tuple(dst.shape)}")
+    if G is not None:
+        want = tuple(int(s) for s in scores.shape)
+        float_array(G, "G", ndims=(len(want),))
+        if dtype_name(G) != dt:
+            raise TypeError(f"G must have the dtype of scores ({dt}), got {dtype_name(G)}")
+        if tuple(int(s) for s in G.shape) != want:
+            raise ValueError(f"G must have the shape of scores {want}, got {tuple(G.shape)}")
+    _gnn_run(_gnn_index_checks(dst, "dst", N), stats)
+    return N, E, dt
+
+
+def gnn_negative_slope(v) -> float:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"negative_slope must be a real number >= 0, got {type(v).__name__}")
+    v = float(v)
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"negative_slope must be a finite number >= 0, got {v}")
+    return v
+
+
+def gat_layer_args(X, edge_index, W, a_src, a_dst, b, edge_attr, W_e, a_e, negative_slope,
+                   concat, add_loops, fill, G=None, stats: Callable | None = None) -> GatShape:
+    """``gat_layer`` / ``gat_layer_vjp``: X (N, F); edge_index (2, E) in [0, N); a_src
+    (heads, C) with heads, C >= 1 (they define heads and C); W (F, heads*C); a_dst (heads, C);
+    b None or (heads*C,) if concat else (C,); edge_attr, W_e, a_e all None or all given:
+    edge_attr (E, D) finite, D >= 1, W_e (D, heads*C), a_e (heads, C); negative_slope finite
+    >= 0; concat, add_loops bools; fill a finite real or "mean"; G None or (N, F_out). One float
+    dtype, one ``stats`` call."""
+    N, F, dt = gnn_nodes(X)
+    E, checks = gnn_edge_index(edge_index, N)
+    float_array(a_src, "a_src", ndims=(2,))
+    heads, C = (int(s) for s in a_src.shape)
+    if heads < 1 or C < 1:
+        raise ValueError(f"a_src must have shape (heads, C) with heads, C >= 1, got {(heads, C)}")
+    if dtype_name(a_src) != dt:
+        raise TypeError(f"a_src must have X's dtype ({dt}), got {dtype_name(a_src)}")
+    HC = heads * C
+    float_array(W, "W", ndims=(2,))
+    if tuple(int(s) for s in W.shape) != (F, HC):
+        raise ValueError(f"W must have shape (F, heads*C) with F = X.shape[1] = {F} and "
+                         f"heads*C = {heads}*{C} = {HC} (a_src's shape), got {tuple(W.shape)}")
+    _gnn_like(W, "W", (F, HC), dt, "(F, heads*C)")
+    _gnn_like(a_dst, "a_dst", (heads, C), dt, "(heads, C) (a_src's shape)")
+    concat = gnn_bool(concat, "concat")
+    gnn_bool(add_loops, "add_loops")
+    gnn_negative_slope(negative_slope)
+    gnn_fill(fill)
+    F_out = HC if concat else C
+    if b is not None:
+        _gnn_like(b, "b", (F_out,), dt, "(heads*C,) with concat" if concat else
+                  "(C,) without concat (head mean)")
+    given = [n for n, v in (("edge_attr", edge_attr), ("W_e", W_e), ("a_e", a_e)) if v is not None]
+    if given and len(given) != 3:
+        missing = [n for n in ("edge_attr", "W_e", "a_e") if n not in given]
+        raise ValueError(f"{' and '.join(given)} given without {' and '.join(missing)}: the edge "
+                         f"term needs edge_attr (E, D), W_e (D, heads*C) and a_e (heads, C) "
+                         f"together")
+    D = 0
+    if edge_attr is not None:
+        float_array(edge_attr, "edge_attr", ndims=(2,))
+        D = int(edge_attr.shape[1])
+        if int(edge_attr.shape[0]) != E or D < 1:
+            raise ValueError(f"edge_attr must have shape (E, D) with E = {E} (edge_index's "
+                             f"columns) and D >= 1, got {tuple(edge_attr.shape)}")
+        _gnn_like(edge_attr, "edge_attr", (E, D), dt, "(E, D)")
+        _gnn_like(W_e, "W_e", (D, HC), dt, "(D, heads*C) (edge_attr's width, W's columns)")
+        _gnn_like(a_e, "a_e", (heads, C), dt, "(heads, C) (a_src's shape)")
+        checks.append(("nonfinite", edge_attr, lambda v: v == 0,
+                       lambda v: f"edge_attr contains NaN or inf ({int(v)} entries)"))
+    if G is not None:
+        _gnn_like(G, "G", (N, F_out), dt, "(N, heads*C)" if concat else "(N, C)")
+    _gnn_run(checks, stats)
+    return GatShape(N, E, F, heads, C, D, F_out, dt)
+
+
+def gnn_eps(eps) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
+    v = float(eps)
+    if not math.isfinite(v):
+        raise ValueError(f"eps must be finite, got {v}")
+    return v
+
+
+def gin_layer_args(X, edge_index, W1, b1, W2, b2, eps, G=None, stats: Callable | None = None
+                   ) -> GinShape:
+    """``gin_layer`` / ``gin_layer_vjp``: X (N, F); edge_index (2, E) in [0, N); W1 (F, hidden),
+    b1 (hidden,), W2 (hidden, F_out), b2 (F_out,); eps finite; G None or (N, F_out). One float
+    dtype, one ``stats`` call."""
+    N, F, dt = gnn_nodes(X)
+    E, checks = gnn_edge_index(edge_index, N)
+    hidden = _gnn_matrix(W1, "W1", F, dt, "(F, hidden) with hidden >= 1 and F = X.shape[1]")
+    _gnn_like(b1, "b1", (hidden,), dt, "(hidden,) (W1's columns)")
+    F_out = _gnn_matrix(W2, "W2", hidden, dt,
+                        "(hidden, F_out) with F_out >= 1 and hidden = W1.shape[1]")
+    _gnn_like(b2, "b2", (F_out,), dt, "(F_out,) (W2's columns)")
+    gnn_eps(eps)
+    if G is not None:
+        _gnn_like(G, "G", (N, F_out), dt, "(N, F_out) (the shape of H)")
+    _gnn_run(checks, stats)
+    return GinShape(N, E, F, hidden, F_out, dt)
+
+
+# ---- gnn: fusion, loss, metrics
+#
+# Heads of the multilayer GNN (arXiv 2507.07298), reference refimpl._gnn_heads: the edge-weight
+# MLP, relation fusion, the focal loss, binary F1 and the cluster-validity indices. Shapes and
+# dtypes are read from metadata. The value checks of one call go through ONE callable so that a
+# GPU backend needs one host read: ``flags(checks)`` receives a tuple of ``(kind, array)``
+# pairs with kind in GNN_HEAD_FLAG_KINDS and returns one bool per pair (compute every flag on
+# the device, read them together). ``fuse`` / ``fuse_vjp`` have no value checks (no host read).
+# Float arrays of one call share one dtype (float32 or float64); labels ``y`` may be bool,
+# integer or float. The metrics (binary_f1, silhouette, Davies-Bouldin) are reference-only and
+# take host arrays.
+
+GNN_FUSE_MODES = ("global", "concat", "semantic", "node")
+GNN_FUSE_KEYS = {"global": ("w",), "concat": ("W", "b"), "semantic": ("W", "b", "q"),
+                 "node": ("W", "b", "q")}
+GNN_FOCAL_VARIANTS = ("code", "logits")
+GNN_HEAD_FLAG_KINDS = ("finite", "nonneg", "binary", "unit")
+GNN_LABEL_DTYPES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+                    "uint64", "float16", "bfloat16", "float32", "float64")
+GNN_INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+
+
+def _gh_default_flags(checks) -> tuple[bool, ...]:
+    """One bool per ``(kind, array)`` (NumPy, CuPy and torch arrays alike): "finite" no NaN/inf;
+    "nonneg" every entry >= 0; "binary" every entry 0 or 1; "unit" every entry in [0, 1].
+    Empty arrays pass."""
+    out = []
+    for kind, x in checks:
+        if kind == "finite":
+            ok = (abs(x) < math.inf).all()
+        elif kind == "nonneg":
+            ok = (x >= 0).all()
+        elif kind == "binary":
+            ok = ((x == 0) | (x == 1)).all()
+        elif kind == "unit":
+            ok = ((x >= 0) & (x <= 1)).all()
+        else:
+            raise ValueError(f"unknown flag kind {kind!r}; expected one of {GNN_HEAD_FLAG_KINDS}")
+        out.append(bool(ok))
+    return tuple(out)
+
+
+def _gh_run(checks: list, flags: Callable | None) -> None:
+    """``checks``: list of ``(kind, array, message)``; one ``flags`` call, first failure raises."""
+    if not checks:
+        return
+    got = (flags or _gh_default_flags)(tuple((k, x) for k, x, _ in checks))
+    for (_, _, msg), ok in zip(checks, got):
+        if not ok:
+            raise ValueError(msg)
+
+
+def _gh_shape(x) -> tuple[int, ...]:
+    return tuple(int(s) for s in x.shape)
+
+
+def _gh_like(x, name: str, want: tuple[int, ...], ref_name: str, ref, what: str) -> None:
+    """``x`` a float array of ``ref``'s dtype with shape ``want`` (``what`` explains it)."""
+    float_array(x, name, ndims=(len(want),))
+    same_dtype(ref_name, ref, name, x)
+    if _gh_shape(x) != want:
+        raise ValueError(f"{name} must have shape {what} = {want}, got {_gh_shape(x)}")
+
+
+def edge_mlp_args(edge_attr, W1, b1, W2, b2, mean=None, std=None,
+                  flags: Callable | None = None) -> tuple[int, int, int]:
+    """``edge_mlp_weights``: ``edge_attr`` (E, D) float, E >= 0, D >= 1, finite; ``W1`` (D, Hd),
+    Hd >= 1; ``b1`` (Hd,); ``W2`` (Hd, 1); ``b2`` (1,); ``mean`` and ``std`` both None or both
+    (D,), finite, std >= 0. One dtype. Returns ``(E, D, Hd)``."""
+    float_array(edge_attr, "edge_attr", ndims=(2,))
+    E, D = _gh_shape(edge_attr)
+    if D < 1:
+        raise ValueError(f"edge_attr must have shape (E, D) with D >= 1 attributes, got {(E, D)}")
+    float_array(W1, "W1", ndims=(2,))
+    same_dtype("edge_attr", edge_attr, "W1", W1)
+    if int(W1.shape[0]) != D or int(W1.shape[1]) < 1:
+        raise ValueError(f"W1 must have shape (D, hidden) with D = edge_attr.shape[1] = {D} and "
+                         f"hidden >= 1, got {_gh_shape(W1)}")
+    Hd = int(W1.shape[1])
+    _gh_like(b1, "b1", (Hd,), "edge_attr", edge_attr, "(hidden,) with hidden = W1.shape[1]")
+    _gh_like(W2, "W2", (Hd, 1), "edge_attr", edge_attr, "(hidden, 1) with hidden = W1.shape[1]")
+    _gh_like(b2, "b2", (1,), "edge_attr", edge_attr, "(1,)")
+    if (mean is None) != (std is None):
+        given = "mean" if mean is not None else "std"
+        raise ValueError(f"mean and std must be given together (z = (edge_attr - mean) / "
+                         f"(std + 1e-8)) or both be None, got {given} only")
+    checks = [("finite", edge_attr, "edge_attr contains NaN or inf")]
+    if mean is not None:
+        _gh_like(mean, "mean", (D,), "edge_attr", edge_attr, "(D,) with D = edge_attr.shape[1]")
+        _gh_like(std, "std", (D,), "edge_attr", edge_attr, "(D,) with D = edge_attr.shape[1]")
+        checks += [("finite", mean, "mean contains NaN or inf"),
+                   ("finite", std, "std contains NaN or inf"),
+                   ("nonneg", std, "std must be >= 0 (a standard deviation), got a negative "
+                                   "entry")]
+    _gh_run(checks, flags)
+    return E, D, Hd
+
+
+class FuseShape(NamedTuple):
+    R: int          # relations
+    N: int          # nodes
+    F: int          # features per relation
+    F_out: int      # width of the fused H (F except for "concat")
+    A: int          # attention width (semantic / node), 0 otherwise
+    mode: str
+
+
+def fuse_args(H_stack, mode, params, G=None) -> FuseShape:
+    """``fuse`` / ``fuse_vjp``: ``H_stack`` (R, N, F) float, R, N, F >= 1; ``mode`` in
+    GNN_FUSE_MODES; ``params`` a dict with exactly the mode's keys (GNN_FUSE_KEYS), of
+    H_stack's dtype: global ``w`` (R,) (or params None: w = ones); concat ``W`` (R*F, F_out),
+    ``b`` (F_out,); semantic / node ``W`` (F, A), ``b`` (A,), ``q`` (A,). ``G`` (fuse_vjp's
+    cotangent) has the shape of fuse's H: (N, F_out). Metadata only (no host read)."""
+    float_array(H_stack, "H_stack", ndims=(3,))
+    R, N, F = _gh_shape(H_stack)
+    if R < 1 or N < 1 or F < 1:
+        raise ValueError(f"H_stack must have shape (R, N, F) with R, N, F >= 1 (one (N, F) "
+                         f"block per relation), got {(R, N, F)}")
+    choice(mode, "mode", GNN_FUSE_MODES)
+    keys = GNN_FUSE_KEYS[mode]
+    if params is None:
+        if mode != "global":
+            raise ValueError(f"params is required for mode {mode!r}: a dict with keys "
+                             f"{', '.join(keys)}")
+    else:
+        if not isinstance(params, dict):
+            raise TypeError(f"params must be a dict with keys {', '.join(keys)} (mode "
+                            f"{mode!r}) or None, got {type(params).__name__}")
+        missing = [k for k in keys if k not in params]
+        extra = [k for k in params if k not in keys]
+        if missing or extra:
+            raise ValueError(f"params for mode {mode!r} must have exactly the keys "
+                             f"{', '.join(keys)}; missing {missing}, unexpected {extra}")
+    F_out, A = F, 0
+    if mode == "global" and params is not None:
+        _gh_like(params["w"], "params['w']", (R,), "H_stack", H_stack,
+                  "(R,) (one logit per relation, R = H_stack.shape[0])")
+    elif mode == "concat":
+        W = params["W"]
+        float_array(W, "params['W']", ndims=(2,))
+        same_dtype("H_stack", H_stack, "params['W']", W)
+        if int(W.shape[0]) != R * F or int(W.shape[1]) < 1:
+            raise ValueError(f"params['W'] must have shape (R*F, F_out) with R*F = {R}*{F} = "
+                             f"{R * F} (H_stack's relations times features) and F_out >= 1, "
+                             f"got {_gh_shape(W)}")
+        F_out = int(W.shape[1])
+        _gh_like(params["b"], "params['b']", (F_out,), "H_stack", H_stack,
+                  "(F_out,) with F_out = params['W'].shape[1]")
+    elif mode in ("semantic", "node"):
+        W = params["W"]
+        float_array(W, "params['W']", ndims=(2,))
+        same_dtype("H_stack", H_stack, "params['W']", W)
+        if int(W.shape[0]) != F or int(W.shape[1]) < 1:
+            raise ValueError(f"params['W'] must have shape (F, A) with F = H_stack.shape[2] = "
+                             f"{F} and A >= 1 (the attention width), got {_gh_shape(W)}")
+        A = int(W.shape[1])
+        for k in ("b", "q"):
+            _gh_like(params[k], f"params['{k}']", (A,), "H_stack", H_stack,
+                      "(A,) with A = params['W'].shape[1]")
+    if G is not None:
+        float_array(G, "G", ndims=(2,))
+        same_dtype("H_stack", H_stack, "G", G)
+        if _gh_shape(G) != (N, F_out):
+            raise ValueError(f"G must have the shape of fuse's H (N, F_out) = {(N, F_out)}, got "
+                             f"{_gh_shape(G)}")
+    return FuseShape(R, N, F, F_out, A, mode)
+
+
+def _gh_real(v, name: str, lo: float, hi: float | None) -> float:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+    v = float(v)
+    if not math.isfinite(v) or v < lo or (hi is not None and v > hi):
+        want = f"in [{lo:g}, {hi:g}]" if hi is not None else f"finite and >= {lo:g}"
+        raise ValueError(f"{name} must be {want}, got {v}")
+    return v
+
+
+def _gh_labels(y, name: str, n: int | None, ref_name: str) -> int:
+    """``y`` a 1-D label array (bool, integer or float dtype), of length ``n`` when given."""
+    if not hasattr(y, "shape") or not hasattr(y, "dtype"):
+        raise TypeError(f"{name} must be an array, got {type(y).__name__}")
+    dt = dtype_name(y)
+    if dt not in GNN_LABEL_DTYPES:
+        raise TypeError(f"{name} must have a bool, integer or float dtype (0/1 labels), got {dt}")
+    if len(y.shape) != 1:
+        raise ValueError(f"{name} must be 1-D (one label per node), got shape {_gh_shape(y)}")
+    if n is not None and int(y.shape[0]) != n:
+        raise ValueError(f"{name} must have the length of {ref_name} ({n}), got {int(y.shape[0])}")
+    return int(y.shape[0])
+
+
+def focal_args(outputs, y, alpha, gamma, variant,
+               flags: Callable | None = None) -> tuple[int, float, float, str]:
+    """``focal_bce`` / ``focal_bce_grad``: ``outputs`` (N,) float, N >= 1, finite; ``y`` (N,)
+    0/1 labels (bool, integer or float dtype); ``alpha`` in [0, 1]; ``gamma`` >= 0 finite;
+    ``variant`` in GNN_FOCAL_VARIANTS; "code" needs outputs in [0, 1] (probabilities).
+    Returns ``(N, alpha, gamma, variant)``."""
+    float_array(outputs, "outputs", ndims=(1,))
+    N = int(outputs.shape[0])
+    if N < 1:
+        raise ValueError("outputs must not be empty (the loss is a mean over nodes)")
+    _gh_labels(y, "y", N, "outputs")
+    alpha = _gh_real(alpha, "alpha", 0.0, 1.0)
+    gamma = _gh_real(gamma, "gamma", 0.0, None)
+    choice(variant, "variant", GNN_FOCAL_VARIANTS)
+    checks = [("finite", outputs, "outputs contains NaN or inf"),
+              ("binary", y, "y must hold 0/1 labels, got values other than 0 and 1")]
+    if variant == "code":
+        checks.append(("unit", outputs, "outputs must lie in [0, 1] for variant='code' (the "
+                                        "model's sigmoid probabilities, to which the notebook "
+                                        "applies BCE-with-logits); pass logits with "
+                                        "variant='logits'"))
+    _gh_run(checks, flags)
+    return N, alpha, gamma, variant
+
+
+def binary_f1_args(y, y_pred) -> tuple[np.ndarray, np.ndarray]:
+    """``binary_f1`` (reference only, host arrays): ``y`` and ``y_pred`` 1-D 0/1 arrays (bool,
+    integer or float dtype) of one length >= 1. Returns them as host bool arrays."""
+    y, y_pred = host_array(y, "y"), host_array(y_pred, "y_pred")
+    n = _gh_labels(y, "y", None, "")
+    if n < 1:
+        raise ValueError("y must not be empty")
+    _gh_labels(y_pred, "y_pred", n, "y")
+    for name, a in (("y", y), ("y_pred", y_pred)):
+        if not ((a == 0) | (a == 1)).all():
+            raise ValueError(f"{name} must hold 0/1 labels, got values other than 0 and 1")
+    return y.astype(bool), y_pred.astype(bool)
+
+
+def cluster_args(E, labels) -> tuple[np.ndarray, np.ndarray, int]:
+    """``silhouette_score_np`` / ``davies_bouldin_np`` (reference only, host arrays): ``E``
+    (n, d) float, finite, d >= 1; ``labels`` (n,) integer, -1 = noise. After removing the
+    noise points, 2 <= #clusters <= n_samples - 1 (scikit-learn's rule). Returns ``(E float64
+    without noise, cluster codes 0..K-1, K)``."""
+    E, labels = host_array(E, "E"), host_array(labels, "labels")
+    float_array(E, "E", ndims=(2,))
+    n, d = (int(s) for s in E.shape)
+    if d < 1:
+        raise ValueError(f"E must have shape (n, d) with d >= 1, got {(n, d)}")
+    if labels.dtype.name not in GNN_INT_DTYPES:
+        raise TypeError(f"labels must be an integer array (cluster ids, -1 = noise), got dtype "
+                        f"{labels.dtype.name}")
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape (n,) = ({n},) (one per row of E), got "
+                         f"{labels.shape}")
+    if not np.isfinite(E).all():
+        raise ValueError("E contains NaN or inf")
+    keep = labels != -1
+    codes_of, codes = np.unique(labels[keep], return_inverse=True)
+    m, K = int(keep.sum()), int(codes_of.size)
+    if not 2 <= K <= m - 1:
+        raise ValueError(f"the number of clusters after removing noise (-1) is {K} on "
+                         f"{m} points; valid values are 2 to n_samples - 1 = {m - 1} "
+                         f"(inclusive), as in scikit-learn")
+    return np.asarray(E[keep], dtype=np.float64), codes.astype(np.int64).ravel(), K

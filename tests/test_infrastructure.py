@@ -75,7 +75,7 @@ def test_probing_and_importing_backends_allocate_nothing_on_a_device():
 
 # Families whose issue promised every backend: a backend missing one of their ops is a bug.
 COMPLETE_FAMILIES = ("softdtw", "ot", "preference", "cross_tokenizer", "inf_ssm",
-                     "causal_discrete", "safety_ensembles", "recsys_vae")
+                     "causal_discrete", "safety_ensembles", "recsys_vae", "gnn")
 
 
 @pytest.mark.parametrize("name", ["numpy", "torch", "cupy", "numba_cuda"])
@@ -326,3 +326,7 @@ def test_readme_tour_runs_and_computes_what_it_says(capsys):
     fwd = rv.multvae_forward(Xr, prm, ns["mask"], ns["eps"])
     assert abs(ns["obj"] - rv.multvae_loss(Xr, *fwd, 0.2)[0]) < 1e-12
     assert {k: g.shape for k, g in ns["grads"].items()} == {k: p.shape for k, p in prm.items()}
+    # GAT: a softmax per (destination, head) over 4 nodes x 2 heads sums to 8; the GCN VJP
+    # is the gradient of <ones, H> (checked against finite differences in test_gnn_layers)
+    assert ns["Hg"].shape == (4, 4) and abs(ns["alpha"].sum() - 8) < 1e-12
+    assert sorted(ns["gg"]) == ["dW", "dX"] and ns["gg"]["dX"].shape == (4, 3)

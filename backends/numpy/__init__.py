@@ -12,6 +12,11 @@ from refimpl.cross_tokenizer import (  # noqa: F401
     dwa_dtw_loss_grad, dwa_gamma, dwa_kd_loss, entropy_weights, kd_divergence, kd_divergence_grad,
     kd_gate, span_align, span_sum, span_weights, tis_dpo_loss, tis_dpo_loss_grad,
 )
+from refimpl.gnn import (  # noqa: F401
+    add_self_loops, edge_mlp_weights, focal_bce, focal_bce_grad, fuse, fuse_vjp, gat_layer,
+    gat_layer_vjp, gcn_layer, gcn_layer_vjp, gcn_norm, gin_layer, gin_layer_vjp, segment_softmax,
+    segment_softmax_vjp, to_csr,
+)
 from refimpl.inf_ssm import (infssm_distance, infssm_distance_grad, infssm_reg_loss,  # noqa: F401
                              infssm_reg_loss_grad, mamba_ac_from_scan, stein_cross_gram_dense,
                              stein_cross_gram_diag, stein_gram_diag)
