@@ -225,6 +225,30 @@ def build(tmp_path_factory) -> Emulator:
     return _BUILT[cxx]
 
 
+def build_module(tmp_path_factory, module: str) -> Emulator:
+    """The shared emulator when another test file already built it in this process; else one
+    of kernel module ``module`` only (the other modules' host builds are not needed), not kept
+    as the shared one."""
+    if _BUILT:
+        return next(iter(_BUILT.values()))
+    before = dict(_BUILT)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(K, "MODULES", (module,))
+        emu = build(tmp_path_factory)
+    _BUILT.clear()
+    _BUILT.update(before)
+    return emu
+
+
+def cast_floats(v, dtype):
+    """Float arrays (also inside dicts) cast to ``dtype``; integers, scalars and strings kept."""
+    if isinstance(v, np.ndarray) and v.dtype.kind == "f":
+        return v.astype(dtype)
+    if isinstance(v, dict):
+        return {k: cast_floats(x, dtype) for k, x in v.items()}
+    return v
+
+
 class Smem:
     limit = 232448 - 16          # H100 opt-in limit minus the static shared memory
 
@@ -232,14 +256,16 @@ class Smem:
 def patch_backend(monkeypatch, emulator: Emulator) -> types.SimpleNamespace:
     """Every module of ``backends.cupy`` with NumPy for CuPy and the emulator for the GPU:
     ``SimpleNamespace(sd=softdtw, ot=ot, pref=preference, ct=cross_tokenizer, iss=inf_ssm,
-    cd=causal_discrete, se=safety_ensembles, rv=recsys_vae, calls=emulator.calls, bk=backends.cupy,
-    reads=[...])``, ``reads`` the shapes of the ``asnumpy`` (device-to-host) reads since."""
+    cd=causal_discrete, se=safety_ensembles, rv=recsys_vae, gnn=gnn, calls=emulator.calls,
+    bk=backends.cupy, reads=[...])``, ``reads`` the shapes of the ``asnumpy`` (device-to-host)
+    reads since."""
     import scipy.linalg
     import scipy.special
 
     import backends.cupy as package
     import backends.cupy.causal_discrete as bcd
     import backends.cupy.cross_tokenizer as bct
+    import backends.cupy.gnn as bgnn
     import backends.cupy.inf_ssm as biss
     import backends.cupy.ot as bot
     import backends.cupy.preference as bpref
@@ -256,7 +282,7 @@ def patch_backend(monkeypatch, emulator: Emulator) -> types.SimpleNamespace:
 
     monkeypatch.setattr(fake, "asnumpy", counted, raising=False)
     monkeypatch.setattr(package, "cupy", fake)  # is_native (the mixed-backend check) lives here
-    for mod in (bsd, bot, bpref, bct, biss, bcd, bse, brv):
+    for mod in (bsd, bot, bpref, bct, biss, bcd, bse, brv, bgnn):
         monkeypatch.setattr(mod, "cupy", fake)
     # cupyx.scipy (special, linalg, errstate) of the causal module: SciPy, no error state
     monkeypatch.setattr(bcd, "_library", lambda: (scipy.special, scipy.linalg,
@@ -266,7 +292,7 @@ def patch_backend(monkeypatch, emulator: Emulator) -> types.SimpleNamespace:
     monkeypatch.setattr(K, "reserve_dynamic_smem", lambda name, nbytes: None)
     emulator.calls.clear()
     return types.SimpleNamespace(sd=bsd, ot=bot, pref=bpref, ct=bct, iss=biss, cd=bcd, se=bse,
-                                 rv=brv, calls=emulator.calls, bk=package, reads=reads)
+                                 rv=brv, gnn=bgnn, calls=emulator.calls, bk=package, reads=reads)
 
 
 # --------------------------------------------------------------------------- GPU fixtures

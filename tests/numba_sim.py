@@ -48,6 +48,22 @@ def conforms(got, declared) -> bool:
     return got == declared
 
 
+def assert_launches_conform(records) -> None:
+    """Every recorded launch ``(kernel name, dtype, argument types)`` (``_kernels.RECORD``)
+    passes arguments of the types of the kernel's compiled signature: the simulator checks no
+    types, a real device would reject (or reinterpret) a mismatch."""
+    from numba.core.sigutils import normalize_signature
+
+    from backends.numba_cuda import _kernels as K
+
+    for name, dt, argtypes in records:
+        declared, _ = normalize_signature(K.signature(name, dt))
+        assert len(declared) == len(argtypes), name
+        bad = [(i, str(g), str(w)) for i, (g, w) in enumerate(zip(argtypes, declared))
+               if not conforms(g, w)]
+        assert not bad, f"{name}[{dt}] launched with argument types not in its signature: {bad}"
+
+
 def raises_like_reference(ref_call, nb_call):
     """``nb_call`` raises the reference's exception type with the reference's exact message."""
     with pytest.raises(Exception) as ref_exc:

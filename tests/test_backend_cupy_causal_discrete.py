@@ -58,17 +58,7 @@ def _op(name):
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
-    """The shared emulator when another test file built it in this process; else one of this
-    module only (the other modules' host builds are not needed here)."""
-    if cuda_emulator._BUILT:
-        return next(iter(cuda_emulator._BUILT.values()))
-    before = dict(cuda_emulator._BUILT)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(K, "MODULES", ("causal_discrete",))
-        emu = cuda_emulator.build(tmp_path_factory)
-    cuda_emulator._BUILT.clear()
-    cuda_emulator._BUILT.update(before)
-    return emu
+    return cuda_emulator.build_module(tmp_path_factory, "causal_discrete")
 
 
 @pytest.fixture

@@ -49,12 +49,7 @@ def emu(emulator, monkeypatch):
     return ns
 
 
-def _cast(v, dt):
-    if isinstance(v, np.ndarray) and v.dtype.kind == "f":
-        return v.astype(dt)
-    if isinstance(v, dict):
-        return {k: _cast(x, dt) for k, x in v.items()}
-    return v
+_cast = cuda_emulator.cast_floats
 
 
 def _flat(name, res):

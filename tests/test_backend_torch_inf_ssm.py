@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 if backends.reason("torch") is not None:
     pytest.skip(f"backend torch: {backends.reason('torch')}", allow_module_level=True)
 
-from torch_testing import saved_numels
+from torch_testing import close_to, saved_numels
 from backends.torch import inf_ssm as T
 from refimpl import inf_ssm as R
 
@@ -38,12 +38,7 @@ def tt(x, dtype=F64):
     return torch.as_tensor(np.asarray(x, dtype=np.float64)).to(dtype)
 
 
-def assert_close(got, want, dtype=F64, atol=None, rtol=None):
-    a0, r0 = TOL[dtype]
-    got, want = np.asarray(npy(got), dtype=np.float64), np.asarray(npy(want), dtype=np.float64)
-    assert got.shape == want.shape, (got.shape, want.shape)
-    np.testing.assert_allclose(got, want, atol=a0 if atol is None else atol,
-                               rtol=r0 if rtol is None else rtol)
+assert_close = close_to(TOL)
 
 
 def code_regime(rng, lead, n):

@@ -20,7 +20,7 @@ if backends.reason("torch") is not None:
     pytest.skip(f"backend torch: {backends.reason('torch')}", allow_module_level=True)
 
 import scipy.sparse as sp
-from torch_testing import npy, raises_like_reference, saved_numels, tt, up
+from torch_testing import close_to, npy, raises_like_reference, saved_numels, tt, up
 
 from backends.torch import recsys_vae as S
 from refimpl import _multvae as RM
@@ -40,13 +40,7 @@ def csr(X, dtype=F64):
     return tt(X, dtype).to_sparse_csr()
 
 
-def assert_close(got, want, dtype=F64, atol=None, rtol=None):
-    a0, r0 = TOL[dtype]
-    g = np.asarray(npy(got), dtype=np.float64)
-    w = np.asarray(want, dtype=np.float64)
-    assert g.shape == w.shape, (g.shape, w.shape)
-    np.testing.assert_allclose(g, w, atol=a0 if atol is None else atol,
-                               rtol=r0 if rtol is None else rtol)
+assert_close = close_to(TOL)
 
 
 def model_case(U=6, I=12, H=5, d=3, seed=0, empty_row=True, scale=1.0):

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 if backends.reason("torch") is not None:
     pytest.skip(f"backend torch: {backends.reason('torch')}", allow_module_level=True)
 
-from torch_testing import npy, raises_like_reference, saved_numels, tt, up
+from torch_testing import close_to, npy, raises_like_reference, saved_numels, tt, up
 from backends.torch import safety_ensembles as S
 from refimpl import safety_ensembles as R
 
@@ -26,16 +26,7 @@ F64, F32, BF16 = torch.float64, torch.float32, torch.bfloat16
 TOL = {F64: (1e-10, 1e-10), F32: (1e-5, 5e-4), BF16: (5e-2, 5e-1)}     # (atol, rtol)
 
 
-def assert_close(got, want, dtype=F64, atol=None, rtol=None):
-    a0, r0 = TOL[dtype]
-    if want is None:
-        assert got is None
-        return
-    g = np.asarray(npy(got), dtype=np.float64)
-    w = np.asarray(want, dtype=np.float64)
-    assert g.shape == w.shape, (g.shape, w.shape)
-    np.testing.assert_allclose(g, w, atol=a0 if atol is None else atol,
-                               rtol=r0 if rtol is None else rtol)
+assert_close = close_to(TOL)
 
 
 def head_case(B=3, T=5, d=8, V=11, seed=0, prompt=2, empty_row=True):

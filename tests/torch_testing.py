@@ -34,6 +34,21 @@ def up(x):
     return a.astype(np.float64) if a.dtype.kind == "f" else a
 
 
+def close_to(tol):
+    """``assert_close(got, want, dtype=float64, atol=None, rtol=None)`` with the per-dtype
+    defaults ``tol[dtype] = (atol, rtol)``; ``want`` None asserts that ``got`` is None."""
+    def assert_close(got, want, dtype=F64, atol=None, rtol=None):
+        a0, r0 = tol[dtype]
+        if want is None:
+            assert got is None
+            return
+        g, w = np.asarray(npy(got), dtype=np.float64), np.asarray(npy(want), dtype=np.float64)
+        assert g.shape == w.shape, (g.shape, w.shape)
+        np.testing.assert_allclose(g, w, atol=a0 if atol is None else atol,
+                                   rtol=r0 if rtol is None else rtol)
+    return assert_close
+
+
 def saved_numels(fn):
     """``(fn(), [numel of every tensor autograd saved while fn() ran])``."""
     sizes = []

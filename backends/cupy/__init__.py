@@ -104,6 +104,11 @@ from backends.cupy.cross_tokenizer import (  # noqa: E402
     dwa_dtw_loss_grad, entropy_weights, kd_divergence, kd_divergence_grad, kd_gate, span_sum,
     span_weights, tis_dpo_loss, tis_dpo_loss_grad,
 )
+from backends.cupy.gnn import (  # noqa: E402
+    add_self_loops, edge_mlp_weights, focal_bce, focal_bce_grad, fuse, fuse_vjp, gat_layer,
+    gat_layer_vjp, gcn_layer, gcn_layer_vjp, gcn_norm, gin_layer, gin_layer_vjp, segment_softmax,
+    segment_softmax_vjp, to_csr,
+)
 from backends.cupy.inf_ssm import (  # noqa: E402
     infssm_distance, infssm_distance_grad, infssm_reg_loss, infssm_reg_loss_grad,
     mamba_ac_from_scan, stein_cross_gram_diag, stein_gram_diag,
@@ -153,4 +158,7 @@ __all__ = [
     "multvae_forward", "multvae_loss", "multvae_value_and_grad", "anneal_beta",
     "item_centroids", "pia_anchor_loss", "pia_anchor_grad", "gaussian_w2", "recall_at_k",
     "ndcg_at_k",
+    "to_csr", "add_self_loops", "gcn_norm", "gcn_layer", "gcn_layer_vjp", "segment_softmax",
+    "segment_softmax_vjp", "gat_layer", "gat_layer_vjp", "gin_layer", "gin_layer_vjp",
+    "edge_mlp_weights", "fuse", "fuse_vjp", "focal_bce", "focal_bce_grad",
 ]

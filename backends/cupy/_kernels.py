@@ -1902,6 +1902,328 @@ __device__ __forceinline__ void rv_ndcg_rows(const double* __restrict__ G, long 
 }
 """
 
+_GNN = r"""
+// ---------------------------------------------------------------- gnn (gnn_pdm.md sec. 6)
+// Message passing over a CSR graph (edges stably sorted by (dst, src); ptr (n_rows + 1)) with
+// NO atomics: every output element is written by exactly one lane, which visits the row's
+// positions in increasing CSR order, so each sum has a fixed order and the results are
+// bitwise reproducible. Warp reductions (the softmax max / sum-exp and the row sums of the
+// softmax backward) are xor butterflies: fp addition and the (max, sum-exp) merge below are
+// commutative, so every lane holds the same bits. Blocks are multiples of 32 threads; warps
+// grid-stride over their units. Backward passes w.r.t. the sources run the same kernels on the
+// transposed CSR (edges sorted by (src, dst)), whose positions map to CSR positions via eid.
+
+#define GNN_FULL 0xffffffffu
+
+// first k in [0, n) with a[k] > x (a non-decreasing), n if none
+__device__ __forceinline__ long long gnn_upper(const long long* __restrict__ a, long long n,
+                                               long long x) {
+  long long lo = 0, hi = n;
+  while (lo < hi) {
+    const long long mid = (lo + hi) >> 1;
+    if (a[mid] <= x) lo = mid + 1; else hi = mid;
+  }
+  return lo;
+}
+
+template <typename T>
+__device__ __forceinline__ T gnn_leaky(T x, T slope) { return x > (T)0 ? x : x * slope; }
+
+// merge a (max, sum-exp) pair into (m, s); commutative (the butterfly gives all lanes one value)
+template <typename T>
+__device__ __forceinline__ void gnn_merge(T& m, T& s, T m2, T s2) {
+  if (!(m2 > -RiNum<T>::inf())) return;
+  if (!(m > -RiNum<T>::inf())) { m = m2; s = s2; return; }
+  if (m2 > m) { s = s * RiNum<T>::ex(m - m2) + s2; m = m2; }
+  else s = s + s2 * RiNum<T>::ex(m2 - m);
+}
+
+template <typename T>
+__device__ __forceinline__ void gnn_warp_lse(T& m, T& s) {
+  for (int off = 16; off > 0; off >>= 1) {
+    const T m2 = __shfl_xor_sync(GNN_FULL, m, off);
+    const T s2 = __shfl_xor_sync(GNN_FULL, s, off);
+    gnn_merge(m, s, m2, s2);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ T gnn_warp_sum(T v) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(GNN_FULL, v, off);
+  return v;
+}
+
+// online (max, sum-exp) update with one value
+template <typename T>
+__device__ __forceinline__ void gnn_online(T& m, T& s, T v) {
+  if (v > m) { s = s * RiNum<T>::ex(m - v) + (T)1; m = v; }
+  else s += RiNum<T>::ex(v - m);
+}
+
+// ---- segment sum: one warp per segment, lanes over features f = lane, lane + 32, ... < F:
+//   out[r, f] = sum_{p in seg, increasing} wt(p, f) X[g(p), f],  F = H * C,
+//   e(p) = has_eid ? eid[p] : p,  g(p) = has_col ? col[p] : e(p),
+//   wt(p, f) = has_w ? w[e(p) * H + f / C] : 1   (per-head weights, e.g. GAT's alpha (E, H)).
+// Segments: s < n_rows is chunk 0 of row s = its first `chunk` positions, written to out[s];
+// s = n_rows + x (x < n_extra, a host bound) is chunk k = 1 + x - extra_ptr[r] of the row r with
+// extra_ptr[r] <= x < extra_ptr[r + 1] (extra_ptr = exclusive cumsum over rows of
+// ceil(deg / chunk) - 1, at least 0), written to part[extra_ptr[r] + k - 1]; gnn_seg_combine then
+// folds a hub row's partials into out[r] in the order k = 1, 2, ... (a fixed order again).
+template <typename T>
+__device__ __forceinline__ void gnn_seg_sum(const long long* __restrict__ ptr,
+                                            const long long* __restrict__ col, int has_col,
+                                            const long long* __restrict__ eid, int has_eid,
+                                            const T* __restrict__ w, int has_w, int H, int C,
+                                            const T* __restrict__ X, long long n_rows,
+                                            long long n_extra, long long chunk,
+                                            const long long* __restrict__ extra_ptr,
+                                            T* __restrict__ out, T* __restrict__ part) {
+  const int lane = threadIdx.x & 31;
+  const long long wpb = blockDim.x >> 5;
+  const long long F = (long long)H * C;
+  const long long total = n_rows + n_extra;
+  for (long long s = (long long)blockIdx.x * wpb + (threadIdx.x >> 5); s < total;
+       s += (long long)gridDim.x * wpb) {
+    long long r, k;
+    if (s < n_rows) {
+      r = s;
+      k = 0;
+    } else {
+      const long long x = s - n_rows;
+      if (x >= extra_ptr[n_rows]) break;        // every later segment of this warp is empty too
+      r = gnn_upper(extra_ptr, n_rows + 1, x) - 1;
+      k = 1 + x - extra_ptr[r];
+    }
+    const long long p0 = ptr[r] + k * chunk;
+    const long long pe = ptr[r + 1];
+    const long long p1 = p0 + chunk < pe ? p0 + chunk : pe;
+    T* __restrict__ dst = k == 0 ? out + r * F : part + (extra_ptr[r] + k - 1) * F;
+    for (long long f = lane; f < F; f += 32) {
+      const long long hd = f / C;
+      T acc = (T)0;
+      for (long long p = p0; p < p1; ++p) {
+        const long long e = has_eid ? eid[p] : p;
+        const long long g = has_col ? col[p] : e;
+        const T v = X[g * F + f];
+        acc += has_w ? w[e * H + hd] * v : v;
+      }
+      dst[f] = acc;
+    }
+  }
+}
+
+// out[r, :] += part[extra_ptr[r]], part[extra_ptr[r] + 1], ... (in that order); rows without
+// extra chunks are left alone. One warp per row, lanes over features.
+template <typename T>
+__device__ __forceinline__ void gnn_seg_combine(const long long* __restrict__ extra_ptr,
+                                                long long n_rows, long long F,
+                                                const T* __restrict__ part,
+                                                T* __restrict__ out) {
+  const int lane = threadIdx.x & 31;
+  const long long wpb = blockDim.x >> 5;
+  for (long long r = (long long)blockIdx.x * wpb + (threadIdx.x >> 5); r < n_rows;
+       r += (long long)gridDim.x * wpb) {
+    const long long a = extra_ptr[r], b = extra_ptr[r + 1];
+    if (a == b) continue;
+    for (long long f = lane; f < F; f += 32) {
+      T acc = out[r * F + f];
+      for (long long q = a; q < b; ++q) acc += part[q * F + f];
+      out[r * F + f] = acc;
+    }
+  }
+}
+
+// ---- per-edge dot products: out[p, h] = sum_c A[r, h, c] B[col[p], h, c] for the positions p
+// of row r (c increasing). One warp per row, lanes over the row's positions.
+template <typename T>
+__device__ __forceinline__ void gnn_edge_dot(const long long* __restrict__ ptr,
+                                             const long long* __restrict__ col, long long n_rows,
+                                             int H, int C, const T* __restrict__ A,
+                                             const T* __restrict__ B, T* __restrict__ out) {
+  const int lane = threadIdx.x & 31;
+  const long long wpb = blockDim.x >> 5;
+  const long long F = (long long)H * C;
+  for (long long r = (long long)blockIdx.x * wpb + (threadIdx.x >> 5); r < n_rows;
+       r += (long long)gridDim.x * wpb) {
+    const T* __restrict__ a = A + r * F;
+    for (long long p = ptr[r] + lane; p < ptr[r + 1]; p += 32) {
+      const T* __restrict__ b = B + col[p] * F;
+      for (int h = 0; h < H; ++h) {
+        T acc = (T)0;
+        for (int c = 0; c < C; ++c) acc += a[h * C + c] * b[h * C + c];
+        out[p * H + h] = acc;
+      }
+    }
+  }
+}
+
+// ---- GAT forward, one warp per (row r, head h) (unit u = r H + h), never an E x H x C tensor:
+//   score_p = LeakyReLU(s_src[col[p], h] + s_dst[r, h] + (has_edge ? s_edge[p, h] : 0))
+//   pass 1 (lanes over p): online max m / sum-exp S, butterfly merge;
+//   pass 2: alpha[p, h] = exp(score_p - m) / (S + 1e-16);
+//   pass 3: out[r, h, c] = sum_p alpha_p Xp[col[p], h, c]; lanes = ng groups of cp lanes
+//           (cp a power of two >= min(C, 32), ng = 32 / cp), lane g cp + c takes the positions
+//           p0 + g, p0 + g + ng, ... of feature c (c0 + c for C > 32), the groups are folded by a
+//           butterfly; alpha_p is recomputed there from the scores (same expression as pass 2).
+template <typename T>
+__device__ __forceinline__ T gnn_gat_score(const long long* __restrict__ col,
+                                           const T* __restrict__ s_src, T sd,
+                                           const T* __restrict__ s_edge, int has_edge, T slope,
+                                           int H, int h, long long p) {
+  T v = s_src[col[p] * H + h] + sd;
+  if (has_edge) v += s_edge[p * H + h];
+  return gnn_leaky(v, slope);
+}
+
+template <typename T>
+__device__ __forceinline__ void gnn_gat_fwd(const long long* __restrict__ ptr,
+                                            const long long* __restrict__ col, long long n_rows,
+                                            int H, int C, const T* __restrict__ s_src,
+                                            const T* __restrict__ s_dst,
+                                            const T* __restrict__ s_edge, int has_edge, T slope,
+                                            const T* __restrict__ Xp, int cp,
+                                            T* __restrict__ alpha, T* __restrict__ out) {
+  const int lane = threadIdx.x & 31;
+  const long long wpb = blockDim.x >> 5;
+  const long long units = n_rows * H;
+  const int ng = 32 / cp, g = lane / cp, cl = lane % cp;
+  for (long long u = (long long)blockIdx.x * wpb + (threadIdx.x >> 5); u < units;
+       u += (long long)gridDim.x * wpb) {
+    const long long r = u / H;
+    const int h = (int)(u % H);
+    const long long p0 = ptr[r], p1 = ptr[r + 1];
+    const T sd = s_dst[u];
+    T m = -RiNum<T>::inf(), s = (T)0;
+    for (long long p = p0 + lane; p < p1; p += 32)
+      gnn_online(m, s, gnn_gat_score(col, s_src, sd, s_edge, has_edge, slope, H, h, p));
+    gnn_warp_lse(m, s);
+    const T den = s + (T)1e-16;
+    for (long long p = p0 + lane; p < p1; p += 32)
+      alpha[p * H + h] =
+          RiNum<T>::ex(gnn_gat_score(col, s_src, sd, s_edge, has_edge, slope, H, h, p) - m) / den;
+    for (int c0 = 0; c0 < C; c0 += cp) {
+      const int c = c0 + cl;
+      T acc = (T)0;
+      if (c < C) {
+        for (long long p = p0 + g; p < p1; p += ng) {
+          const T a = RiNum<T>::ex(gnn_gat_score(col, s_src, sd, s_edge, has_edge, slope, H, h, p)
+                                   - m) / den;
+          acc += a * Xp[(col[p] * H + h) * C + c];
+        }
+      }
+      for (int off = cp; off < 32; off <<= 1) acc += __shfl_xor_sync(GNN_FULL, acc, off);
+      if (g == 0 && c < C) out[u * C + c] = acc;
+    }
+  }
+}
+
+// ---- GAT backward of the attention, one warp per (row r, head h), lanes over the row's p:
+//   dalpha_p = sum_c G[r, h, c] Xp[col[p], h, c];  sa = sum_p alpha_p dalpha_p (butterfly);
+//   de[p, h] = t_p LeakyReLU'(raw_p), t_p = alpha_p (dalpha_p - sa), LeakyReLU' = 1 if raw_p > 0
+//   else slope (raw_p the pre-activation score); ds_dst[r, h] = sum_p de[p, h], evaluated as
+//   sum_p t_p (LeakyReLU'(raw_p) - 1) (butterfly): sum_p t_p = sa (1 - sum_p alpha_p) =
+//   sa 1e-16 / (S + 1e-16) with S >= 1 is dropped (< 1e-16 |sa|), because summing it cancels
+//   to rounding noise (~eps |sa|) whenever the row's scores are positive. de holds dalpha
+//   between the two passes (each lane rereads only what it wrote).
+template <typename T>
+__device__ __forceinline__ void gnn_gat_bwd(const long long* __restrict__ ptr,
+                                            const long long* __restrict__ col, long long n_rows,
+                                            int H, int C, const T* __restrict__ s_src,
+                                            const T* __restrict__ s_dst,
+                                            const T* __restrict__ s_edge, int has_edge, T slope,
+                                            const T* __restrict__ Xp,
+                                            const T* __restrict__ alpha,
+                                            const T* __restrict__ G, T* __restrict__ de,
+                                            T* __restrict__ ds_dst) {
+  const int lane = threadIdx.x & 31;
+  const long long wpb = blockDim.x >> 5;
+  const long long units = n_rows * H;
+  for (long long u = (long long)blockIdx.x * wpb + (threadIdx.x >> 5); u < units;
+       u += (long long)gridDim.x * wpb) {
+    const long long r = u / H;
+    const int h = (int)(u % H);
+    const long long p0 = ptr[r], p1 = ptr[r + 1];
+    const T* __restrict__ gr = G + u * C;
+    T sa = (T)0;
+    for (long long p = p0 + lane; p < p1; p += 32) {
+      const T* __restrict__ xs = Xp + (col[p] * H + h) * C;
+      T d = (T)0;
+      for (int c = 0; c < C; ++c) d += gr[c] * xs[c];
+      de[p * H + h] = d;
+      sa += alpha[p * H + h] * d;
+    }
+    sa = gnn_warp_sum(sa);
+    const T sd = s_dst[u];
+    T acc = (T)0;
+    for (long long p = p0 + lane; p < p1; p += 32) {
+      T raw = s_src[col[p] * H + h] + sd;
+      if (has_edge) raw += s_edge[p * H + h];
+      const T t = alpha[p * H + h] * (de[p * H + h] - sa);
+      const T lk = raw > (T)0 ? (T)1 : slope;
+      de[p * H + h] = t * lk;
+      acc += t * (lk - (T)1);
+    }
+    acc = gnn_warp_sum(acc);
+    if (lane == 0) ds_dst[u] = acc;
+  }
+}
+
+// ---- segment softmax in input order: row r's entries are q = perm[p], p in [ptr[r], ptr[r+1])
+// (perm: the stable sort by dst); one warp per (row, head):
+//   alpha[q, h] = exp(x[q, h] - m) / (sum exp(x - m) + 1e-16), m the row's max (online pass).
+template <typename T>
+__device__ __forceinline__ void gnn_softmax_fwd(const long long* __restrict__ ptr,
+                                                const long long* __restrict__ perm,
+                                                long long n_rows, int H,
+                                                const T* __restrict__ x, T* __restrict__ alpha) {
+  const int lane = threadIdx.x & 31;
+  const long long wpb = blockDim.x >> 5;
+  const long long units = n_rows * H;
+  for (long long u = (long long)blockIdx.x * wpb + (threadIdx.x >> 5); u < units;
+       u += (long long)gridDim.x * wpb) {
+    const long long r = u / H;
+    const int h = (int)(u % H);
+    const long long p0 = ptr[r], p1 = ptr[r + 1];
+    T m = -RiNum<T>::inf(), s = (T)0;
+    for (long long p = p0 + lane; p < p1; p += 32) gnn_online(m, s, x[perm[p] * H + h]);
+    gnn_warp_lse(m, s);
+    const T den = s + (T)1e-16;
+    for (long long p = p0 + lane; p < p1; p += 32) {
+      const long long q = perm[p] * H + h;
+      alpha[q] = RiNum<T>::ex(x[q] - m) / den;
+    }
+  }
+}
+
+// ds[q, h] = alpha[q, h] (g[q, h] - sum_row alpha g) (input order via perm, as above)
+template <typename T>
+__device__ __forceinline__ void gnn_softmax_bwd(const long long* __restrict__ ptr,
+                                                const long long* __restrict__ perm,
+                                                long long n_rows, int H,
+                                                const T* __restrict__ alpha,
+                                                const T* __restrict__ gr, T* __restrict__ ds) {
+  const int lane = threadIdx.x & 31;
+  const long long wpb = blockDim.x >> 5;
+  const long long units = n_rows * H;
+  for (long long u = (long long)blockIdx.x * wpb + (threadIdx.x >> 5); u < units;
+       u += (long long)gridDim.x * wpb) {
+    const long long r = u / H;
+    const int h = (int)(u % H);
+    const long long p0 = ptr[r], p1 = ptr[r + 1];
+    T sa = (T)0;
+    for (long long p = p0 + lane; p < p1; p += 32) {
+      const long long q = perm[p] * H + h;
+      sa += alpha[q] * gr[q];
+    }
+    sa = gnn_warp_sum(sa);
+    for (long long p = p0 + lane; p < p1; p += 32) {
+      const long long q = perm[p] * H + h;
+      ds[q] = alpha[q] * (gr[q] - sa);
+    }
+  }
+}
+"""
+
 @dataclass(frozen=True)
 class Template:
     """One kernel template: the module it lives in, its name and its parameters as
@@ -2018,11 +2340,40 @@ TEMPLATES = (
     Template("recsys_vae", "rv_ndcg_rows", (
         ("const double*", "G"), ("long long", "rows"), ("long long", "n"),
         ("const double*", "idcg"), ("T*", "out"))),
+    Template("gnn", "gnn_seg_sum", (
+        ("const long long*", "ptr"), ("const long long*", "col"), ("int", "has_col"),
+        ("const long long*", "eid"), ("int", "has_eid"), ("const T*", "w"), ("int", "has_w"),
+        ("int", "H"), ("int", "C"), ("const T*", "X"), ("long long", "n_rows"),
+        ("long long", "n_extra"), ("long long", "chunk"), ("const long long*", "extra_ptr"),
+        ("T*", "out"), ("T*", "part"))),
+    Template("gnn", "gnn_seg_combine", (
+        ("const long long*", "extra_ptr"), ("long long", "n_rows"), ("long long", "F"),
+        ("const T*", "part"), ("T*", "out"))),
+    Template("gnn", "gnn_edge_dot", (
+        ("const long long*", "ptr"), ("const long long*", "col"), ("long long", "n_rows"),
+        ("int", "H"), ("int", "C"), ("const T*", "A"), ("const T*", "B"), ("T*", "out"))),
+    Template("gnn", "gnn_gat_fwd", (
+        ("const long long*", "ptr"), ("const long long*", "col"), ("long long", "n_rows"),
+        ("int", "H"), ("int", "C"), ("const T*", "s_src"), ("const T*", "s_dst"),
+        ("const T*", "s_edge"), ("int", "has_edge"), ("T", "slope"), ("const T*", "Xp"),
+        ("int", "cp"), ("T*", "alpha"), ("T*", "out"))),
+    Template("gnn", "gnn_gat_bwd", (
+        ("const long long*", "ptr"), ("const long long*", "col"), ("long long", "n_rows"),
+        ("int", "H"), ("int", "C"), ("const T*", "s_src"), ("const T*", "s_dst"),
+        ("const T*", "s_edge"), ("int", "has_edge"), ("T", "slope"), ("const T*", "Xp"),
+        ("const T*", "alpha"), ("const T*", "G"), ("T*", "de"), ("T*", "ds_dst"))),
+    Template("gnn", "gnn_softmax_fwd", (
+        ("const long long*", "ptr"), ("const long long*", "perm"), ("long long", "n_rows"),
+        ("int", "H"), ("const T*", "x"), ("T*", "alpha"))),
+    Template("gnn", "gnn_softmax_bwd", (
+        ("const long long*", "ptr"), ("const long long*", "perm"), ("long long", "n_rows"),
+        ("int", "H"), ("const T*", "alpha"), ("const T*", "gr"), ("T*", "ds"))),
 )
 
 _BODIES = {"softdtw": _SOFTDTW, "costs": _COSTS, "ot": _OT, "preference": _PREFERENCE,
            "cross_tokenizer": _CROSS_TOKENIZER, "inf_ssm": _INF_SSM,
-           "causal_discrete": _CAUSAL_DISCRETE, "safety": _SAFETY, "recsys_vae": _RECSYS}
+           "causal_discrete": _CAUSAL_DISCRETE, "safety": _SAFETY, "recsys_vae": _RECSYS,
+           "gnn": _GNN}
 MODULES = tuple(_BODIES)
 
 

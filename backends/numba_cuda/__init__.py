@@ -45,6 +45,11 @@ from .cross_tokenizer import (certainty_weights, cma_band_penalty, ctpd_loss,  #
                               ctpd_loss_grad, dwa_dtw_loss, dwa_dtw_loss_grad, entropy_weights,
                               kd_divergence, kd_divergence_grad, kd_gate, span_sum,
                               span_weights, tis_dpo_loss, tis_dpo_loss_grad)
+from .gnn import (  # noqa: F401
+    add_self_loops, edge_mlp_weights, focal_bce, focal_bce_grad, fuse, fuse_vjp, gat_layer,
+    gat_layer_vjp, gcn_layer, gcn_layer_vjp, gcn_norm, gin_layer, gin_layer_vjp, segment_softmax,
+    segment_softmax_vjp, to_csr,
+)
 from .inf_ssm import (infssm_distance, infssm_distance_grad, infssm_reg_loss,  # noqa: F401
                       infssm_reg_loss_grad, mamba_ac_from_scan, stein_cross_gram_diag,
                       stein_gram_diag)
@@ -87,6 +92,9 @@ __all__ = [
     "multvae_forward", "multvae_loss", "multvae_value_and_grad", "anneal_beta",
     "item_centroids", "pia_anchor_loss", "pia_anchor_grad", "gaussian_w2", "recall_at_k",
     "ndcg_at_k",
+    "to_csr", "add_self_loops", "gcn_norm", "gcn_layer", "gcn_layer_vjp", "segment_softmax",
+    "segment_softmax_vjp", "gat_layer", "gat_layer_vjp", "gin_layer", "gin_layer_vjp",
+    "edge_mlp_weights", "fuse", "fuse_vjp", "focal_bce", "focal_bce_grad",
 ]
 
 NAME = "numba_cuda"

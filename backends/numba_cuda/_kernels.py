@@ -82,6 +82,22 @@ CSR products, ``rv_tanh``/``rv_tanh_bwd``, ``rv_latent``/``rv_latent_bwd``, the 
 float64 assembly of the value by design) with ``rv_metric_stats``, ``rv_densify``,
 ``rv_cast_*``, and the validators' ``rv_flags``.
 
+Graph networks (``gnn_pdm.md`` sec. 6; ``gnn_*`` kernels, details in the docstring of
+:mod:`backends.numba_cuda.gnn`; NO atomics): the CSR build around the ``cd_*`` radix sort
+(``gnn_keys``, ``gnn_split``, ``gnn_lower_bound`` — ptr by binary search —, ``gnn_gather_i``,
+the self-loop compaction ``gnn_loop_keep``/``gnn_loop_compact`` with ``cd_scan``,
+``gnn_gather_rows``, ``gnn_loop_mean``); ``gnn_spmm`` the one segment sum (one thread per
+(row, feature) walking the row's edges in CSR order) for GCN/GIN/GAT forward and, on the
+transposed CSR, backward; GCN ``gnn_deg``/``gnn_gcn_norm``/``gnn_edge_dot``/``gnn_gcn_gdeg``/
+``gnn_gcn_gw``/``gnn_scatter_origin``; GAT ``gnn_head_dot``, ``gnn_gat_scores``, the per
+(row, head) online-max/sum-exp ``gnn_seg_softmax``/``gnn_seg_softmax_bwd``, ``gnn_gat_agg``
+(never an E x heads x C tensor), ``gnn_gat_dalpha``, ``gnn_seg_sum``, ``gnn_gat_dxp_add``,
+``gnn_gat_edge_grads``; split column reductions ``gnn_colsum_part``/``gnn_colsum_finish``;
+GIN ``gnn_relu``/``gnn_relu_bwd``; the edge MLP ``gnn_standardize``/``gnn_edge_mlp_out``;
+fusion ``gnn_softmax_vec(_bwd)``, ``gnn_wsum``, ``gnn_fuse_dh``, ``gnn_rowdot``,
+``gnn_att_scores``, ``gnn_row_softmax(_bwd)``, ``gnn_bcast``, ``gnn_att_bwd``; ``gnn_focal``;
+the validators' ``gnn_istats``/``gnn_fstats`` and their ``_finish`` (block partials).
+
 Launches go to the CUDA *legacy default stream* (``cuda.default_stream()``), always.
 """
 
@@ -135,6 +151,12 @@ SE_CLIP_EPS = 1e-6        # clip_grad_norm_'s 1e-6 (refimpl._ibdr.CLIP_EPS)
 RV_RED = 256              # threads (and shared words) of the rv_* block reductions / row kernels
 RV_KMAX = 128             # largest k of rv_topk (the selected indices live in shared memory)
 RV_NORM_EPS = 1e-12       # tf.nn.l2_normalize's epsilon (Mult-VAE input normalisation)
+GNN_RED = 256             # threads (and shared words) of the gnn_* validation-stats blocks
+GNN_STAT_BLOCKS = 64      # most blocks of a gnn_* stats sweep (partials combined in block order)
+GNN_SPLIT_ROWS = 256      # rows per chunk of the gnn_* split column reductions
+GNN_MAX_SPLITS = 1024     # most chunks of one split column reduction
+GNN_SOFTMAX_EPS = 1e-16   # PyG utils.softmax: the sum of exps + 1e-16
+GNN_EPS8 = 1e-8           # edge MLP: std + 1e-8 and sigmoid(.) + 1e-8 (WeightedGCNConv)
 
 #: Set to a list to record ``(name, dtype, argument numba types)`` of every launch (tests).
 RECORD: list | None = None
@@ -337,6 +359,59 @@ _SIGNATURES = {
     "rv_cast_f": "void({U}[:, :], {T}[:, ::1])",
     "rv_idx32": "void(int64[:], int32[::1])",
     "rv_flags": "void({T}[:, :, :], {T}[::1], int64, int64)",
+    # graph networks (gnn_*; backends/numba_cuda/gnn.py). Index arrays are int64.
+    "gnn_istats": "void(int64[:], int64[:], int64[:, ::1])",
+    "gnn_istats_finish": "void(int64[:, ::1], int64[::1], int64)",
+    "gnn_fstats": "void({T}[:, :], int64[:, ::1], {T}[:, ::1])",
+    "gnn_fstats_finish": "void(int64[:, ::1], {T}[:, ::1], int64[::1], {T}[::1], int64, int64)",
+    "gnn_keys": "void(int64[:], int64[:], int64, int64, int64, int64[::1], int64[::1])",
+    "gnn_split": "void(int64[::1], int64, int64[::1], int64[::1])",
+    "gnn_lower_bound": "void(int64[::1], int64[::1])",
+    "gnn_gather_i": "void(int64[::1], int64[::1], int64[::1])",
+    "gnn_loop_keep": "void(int64[::1], int64[::1], int64, int64, int64[::1])",
+    "gnn_loop_compact": "void(int64[::1], int64[::1], int64[::1], int64, int64, int64, "
+                        "int64[::1], int64[::1], int64[::1])",
+    "gnn_gather_rows": "void({T}[:, :], int64[::1], {T}, {T}[:, ::1])",
+    "gnn_loop_mean": "void(int64[::1], int64[::1], int64[::1], {T}[:, :], {T}[:, ::1])",
+    "gnn_deg": "void(int64[::1], {T}[:, :], int64, {T}[::1])",
+    "gnn_gcn_norm": "void(int64[::1], int64[::1], {T}[:, :], int64, {T}[::1], int64, {T}[::1])",
+    "gnn_spmm": "void(int64[::1], int64[::1], {T}[:, :], int64[::1], {T}[:, :], {T}[:], "
+                "{T}[:, ::1], {T}, {T}, int64, int64, int64, int64)",
+    "gnn_edge_dot": "void(int64[::1], int64[::1], {T}[:, :], {T}[:, :], {T}[::1])",
+    "gnn_gcn_gdeg": "void(int64[::1], int64[::1], int64[::1], int64[::1], int64[::1], "
+                    "{T}[:, :], int64, {T}[::1], {T}[::1], {T}[::1])",
+    "gnn_gcn_gw": "void(int64[::1], int64[::1], {T}[::1], {T}[::1], {T}[::1], int64, {T}[::1])",
+    "gnn_scatter_origin": "void(int64[::1], {T}[::1], {T}[::1])",
+    "gnn_head_dot": "void({T}[:, :], {T}[:, :], {T}[:, ::1])",
+    "gnn_gat_scores": "void(int64[::1], int64[::1], {T}[:, ::1], {T}[:, ::1], {T}[:, :], int64, "
+                      "{T}, {T}[:, ::1])",
+    "gnn_seg_softmax": "void(int64[::1], int64[::1], int64, {T}[:, :], {T}[:, ::1])",
+    "gnn_seg_softmax_bwd": "void(int64[::1], int64[::1], int64, {T}[:, :], int64, {T}[:, :], "
+                           "{T}[:, :], {T}, int64, {T}[:, ::1])",
+    "gnn_gat_agg": "void(int64[::1], int64[::1], {T}[:, ::1], {T}[:, ::1], {T}[:], int64, int64, "
+                   "{T}, {T}[:, ::1])",
+    "gnn_gat_dalpha": "void(int64[::1], int64[::1], {T}[:, ::1], {T}[:, :], int64, {T}, "
+                      "{T}[:, ::1])",
+    "gnn_seg_sum": "void(int64[::1], int64[::1], int64, {T}[:, ::1], {T}[:, ::1])",
+    "gnn_gat_dxp_add": "void({T}[:, ::1], {T}[:, ::1], {T}[:, ::1], {T}[:, :], {T}[:, :])",
+    "gnn_gat_edge_grads": "void({T}[:, ::1], {T}[:, :], {T}[:, :], {T}[:, ::1], {T}[:, ::1])",
+    "gnn_colsum_part": "void({T}[:, :], {T}[:, :], {T}[:, ::1], int64, int64, int64)",
+    "gnn_colsum_finish": "void({T}[:, ::1], {T}[:], {T})",
+    "gnn_relu": "void({T}[:, ::1])",
+    "gnn_relu_bwd": "void({T}[:, ::1], {T}[:, ::1])",
+    "gnn_standardize": "void({T}[:, :], {T}[:], {T}[:], {T}[:, ::1])",
+    "gnn_edge_mlp_out": "void({T}[:, ::1], {T}[:, :], {T}[:], {T}[::1])",
+    "gnn_softmax_vec": "void({T}[:], {T}[::1])",
+    "gnn_softmax_vec_bwd": "void({T}[::1], {T}[::1], {T}[::1])",
+    "gnn_wsum": "void({T}[:, :, :], {T}[:, :], int64, {T}[:, ::1])",
+    "gnn_fuse_dh": "void({T}[:, :], int64, {T}[:, :], {T}[:, :, ::1])",
+    "gnn_rowdot": "void({T}[:, :, :], {T}[:, :], {T}[:, ::1])",
+    "gnn_att_scores": "void({T}[:, ::1], {T}[:], {T}[::1])",
+    "gnn_row_softmax": "void({T}[:, :], {T}[:, ::1])",
+    "gnn_row_softmax_bwd": "void({T}[:, ::1], {T}[:, ::1], {T}[:, :])",
+    "gnn_bcast": "void({T}[::1], {T}, {T}[:, ::1])",
+    "gnn_att_bwd": "void({T}[:, ::1], {T}[::1], {T}[:])",
+    "gnn_focal": "void({T}[:], {T}[:], {T}, {T}, int64, int64, {T}, {T}[::1], {T}[::1])",
 }
 
 DTYPES = ("float32", "float64")
@@ -465,6 +540,37 @@ def threads(work: int, cap: int) -> int:
     return max(32, min(cap, -(-work // 32) * 32))
 
 
+EW_BLOCK = 256   # threads per block of the element-wise and one-thread-per-item launches
+EW_GRID = 4096   # most blocks of a grid-stride launch
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-int(a) // int(b))
+
+
+def scalar(dtype: str, x):
+    """``x`` as a NumPy scalar of ``dtype`` (a kernel argument of the compiled signature)."""
+    return np.dtype(dtype).type(x)
+
+
+def launch_grid_stride(name: str, dtype: str, total: int, *args) -> None:
+    """Launch a grid-stride kernel over ``total`` items: at most :data:`EW_GRID` blocks (2 in
+    the simulator) of up to :data:`EW_BLOCK` threads. Nothing is launched for no items."""
+    if total <= 0:
+        return
+    nt = threads(total, EW_BLOCK)
+    launch(name, dtype, (max(1, min(ceil_div(total, nt), 2 if simulator() else EW_GRID)),),
+           (nt,), 0, *args)
+
+
+def launch_per_item(name: str, dtype: str, total: int, *args) -> None:
+    """Launch one thread per item (``total`` threads, rounded up to whole blocks)."""
+    if total <= 0:
+        return
+    nt = threads(total, EW_BLOCK)
+    launch(name, dtype, (ceil_div(total, nt),), (nt,), 0, *args)
+
+
 def pow2_floor(x: int) -> int:
     return 1 << (max(int(x), 1).bit_length() - 1)
 
@@ -524,7 +630,7 @@ def fill(arr, value) -> None:
         return
     dtype = np.dtype(arr.dtype).name
     nt = threads(size, FILL_BLOCK)
-    launch("fill1d", dtype, (-(-size // nt),), (nt,), 0, flat, np.dtype(dtype).type(value))
+    launch("fill1d", dtype, (ceil_div(size, nt),), (nt,), 0, flat, scalar(dtype, value))
 
 
 def zeros(shape, dtype):
@@ -4592,6 +4698,820 @@ def _build(dtype: str) -> dict:
         if hit != ZERO:
             cuda.atomic.max(out, slot, ONE)
 
+    # ------------------------------------------------------------------ graph networks (gnn_*)
+    # The layers, fusion and focal loss of the multilayer GNN (arXiv 2507.07298), see
+    # backends/numba_cuda/gnn.py. NO atomics: every segment reduction is one thread walking a
+    # CSR row (destination-sorted, or the transposed source-sorted CSR) in its fixed order, and
+    # every reduction over a long axis is split into fixed row chunks whose partials one thread
+    # adds in chunk order. Integer-only kernels have no float arithmetic (the module launches
+    # their float64 variant). All float arithmetic in the input dtype.
+    GNR = GNN_RED                                  # threads / shared words of the stats kernels
+    GI64MAX = np.int64(np.iinfo(np.int64).max)
+    GI64MIN = np.int64(np.iinfo(np.int64).min)
+    G_SM_EPS = DT(GNN_SOFTMAX_EPS)                 # PyG softmax: sum of exps + 1e-16
+    G_EPS8 = DT(GNN_EPS8)                          # edge MLP: std + 1e-8, sigmoid(.) + 1e-8
+    G_HALF = DT(0.5)
+
+    def gnn_istats(src, dst, part):
+        """Validation stats of an index pair (src, dst) (E,) — for a 1-D index array the same
+        array twice: block b of a grid-stride sweep writes ``part[b] = (min, max, number of
+        e with src_e == dst_e)`` (shared-memory tree over a power-of-2 block; no atomics)."""
+        smin = cuda.shared.array(GNR, int64)
+        smax = cuda.shared.array(GNR, int64)
+        scnt = cuda.shared.array(GNR, int64)
+        t = cuda.threadIdx.x
+        lo = GI64MAX
+        hi = GI64MIN
+        c = int64(0)
+        e = cuda.grid(1)
+        while e < src.shape[0]:
+            a = src[e]
+            b = dst[e]
+            lo = min(lo, min(a, b))
+            hi = max(hi, max(a, b))
+            if a == b:
+                c += 1
+            e += cuda.gridsize(1)
+        smin[t] = lo
+        smax[t] = hi
+        scnt[t] = c
+        cuda.syncthreads()
+        off = cuda.blockDim.x // 2
+        while off > 0:
+            if t < off:
+                smin[t] = min(smin[t], smin[t + off])
+                smax[t] = max(smax[t], smax[t + off])
+                scnt[t] += scnt[t + off]
+            cuda.syncthreads()
+            off //= 2
+        if t == 0:
+            b = cuda.blockIdx.x
+            part[b, 0] = smin[0]
+            part[b, 1] = smax[0]
+            part[b, 2] = scnt[0]
+
+    def gnn_istats_finish(part, out, off):
+        """One thread: the block partials of ``gnn_istats`` in block order into
+        ``out[off:off + 3]`` (min, max, loop count)."""
+        if cuda.grid(1) == 0:
+            lo = part[0, 0]
+            hi = part[0, 1]
+            c = part[0, 2]
+            for b in range(1, part.shape[0]):
+                lo = min(lo, part[b, 0])
+                hi = max(hi, part[b, 1])
+                c += part[b, 2]
+            out[off] = lo
+            out[off + 1] = hi
+            out[off + 2] = c
+
+    def gnn_fstats(A, ipart, fpart):
+        """Validation stats of a float array (viewed 2-D): block b writes the counts of entries
+        that are non-finite / not >= 0 / not 0 or 1 / not in [0, 1] to ``ipart[b, 0:4]`` and the
+        min / max of the finite entries to ``fpart[b, 0:2]`` (+inf / -inf if none)."""
+        c0 = cuda.shared.array(GNR, int64)
+        c1 = cuda.shared.array(GNR, int64)
+        c2 = cuda.shared.array(GNR, int64)
+        c3 = cuda.shared.array(GNR, int64)
+        fmn = cuda.shared.array(GNR, NB)
+        fmx = cuda.shared.array(GNR, NB)
+        t = cuda.threadIdx.x
+        n1 = A.shape[1]
+        total = A.shape[0] * n1
+        k0 = int64(0)
+        k1 = int64(0)
+        k2 = int64(0)
+        k3 = int64(0)
+        mn = INF
+        mx = NINF
+        e = cuda.grid(1)
+        while e < total:
+            r = e // n1
+            v = A[r, e - r * n1]
+            if v - v == ZERO:
+                mn = min(mn, v)
+                mx = max(mx, v)
+            else:
+                k0 += 1
+            if not (v >= ZERO):
+                k1 += 1
+            if v != ZERO and v != ONE:
+                k2 += 1
+            if not (v >= ZERO and v <= ONE):
+                k3 += 1
+            e += cuda.gridsize(1)
+        c0[t] = k0
+        c1[t] = k1
+        c2[t] = k2
+        c3[t] = k3
+        fmn[t] = mn
+        fmx[t] = mx
+        cuda.syncthreads()
+        off = cuda.blockDim.x // 2
+        while off > 0:
+            if t < off:
+                c0[t] += c0[t + off]
+                c1[t] += c1[t + off]
+                c2[t] += c2[t + off]
+                c3[t] += c3[t + off]
+                fmn[t] = min(fmn[t], fmn[t + off])
+                fmx[t] = max(fmx[t], fmx[t + off])
+            cuda.syncthreads()
+            off //= 2
+        if t == 0:
+            b = cuda.blockIdx.x
+            ipart[b, 0] = c0[0]
+            ipart[b, 1] = c1[0]
+            ipart[b, 2] = c2[0]
+            ipart[b, 3] = c3[0]
+            fpart[b, 0] = fmn[0]
+            fpart[b, 1] = fmx[0]
+
+    def gnn_fstats_finish(ipart, fpart, out, fout, off, foff):
+        """One thread: ``gnn_fstats`` partials in block order into ``out[off:off + 4]`` (the
+        counts) and ``fout[foff:foff + 2]`` (min, max; ``fout`` is a float view of the same
+        packed buffer as ``out``, so that one copy reads every stat of a call)."""
+        if cuda.grid(1) == 0:
+            for k in range(4):
+                c = int64(0)
+                for b in range(ipart.shape[0]):
+                    c += ipart[b, k]
+                out[off + k] = c
+            mn = fpart[0, 0]
+            mx = fpart[0, 1]
+            for b in range(1, fpart.shape[0]):
+                mn = min(mn, fpart[b, 0])
+                mx = max(mx, fpart[b, 1])
+            fout[foff] = mn
+            fout[foff + 1] = mx
+
+    def gnn_keys(a, b, n, ne, mode, keys, perm):
+        """Sort keys and the identity permutation. mode 0: ``keys[e] = b[e] n + a[e]`` (b = dst,
+        a = src: CSR order) for e < ne and the loop keys ``i n + i`` of the N appended loops
+        (i = e - ne) beyond; mode 1: ``keys[e] = b[e]`` (one index array)."""
+        e = cuda.grid(1)
+        while e < keys.shape[0]:
+            if mode == 1:
+                keys[e] = b[e]
+            elif e < ne:
+                keys[e] = b[e] * n + a[e]
+            else:
+                keys[e] = (e - ne) * n + (e - ne)
+            perm[e] = e
+            e += cuda.gridsize(1)
+
+    def gnn_split(keys, n, srcs, dsts):
+        """Sorted (dst, src) keys back to ``srcs = key % n`` and ``dsts = key // n``."""
+        e = cuda.grid(1)
+        while e < keys.shape[0]:
+            d = keys[e] // n
+            dsts[e] = d
+            srcs[e] = keys[e] - d * n
+            e += cuda.gridsize(1)
+
+    def gnn_lower_bound(sorted_keys, ptr):
+        """``ptr[i]`` = the first position p with ``sorted_keys[p] >= i`` (binary search, one
+        thread per i): the exclusive cumulative in-degrees without a histogram."""
+        i = cuda.grid(1)
+        while i < ptr.shape[0]:
+            lo = int64(0)
+            hi = int64(sorted_keys.shape[0])
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if sorted_keys[mid] < i:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            ptr[i] = lo
+            i += cuda.gridsize(1)
+
+    def gnn_gather_i(idx, src, out):
+        """``out[t] = src[idx[t]]`` (int64)."""
+        t = cuda.grid(1)
+        while t < out.shape[0]:
+            out[t] = src[idx[t]]
+            t += cuda.gridsize(1)
+
+    def gnn_loop_keep(keys, perm, n, ne, keep):
+        """``keep[p] = 0`` for an INPUT self-loop (perm < ne, src == dst), else 1 (the sorted
+        edge list with the N appended loops)."""
+        p = cuda.grid(1)
+        while p < keep.shape[0]:
+            k = keys[p]
+            d = k // n
+            keep[p] = 0 if (perm[p] < ne and k - d * n == d) else 1
+            p += cuda.gridsize(1)
+
+    def gnn_loop_compact(keys, perm, pos, n, ne, take_last, srcs, dsts, origin):
+        """Compaction of the sorted list without the input loops: edge p goes to ``pos[p]``
+        (exclusive scan of ``gnn_loop_keep``); ``origin`` = its input position, and for an
+        appended loop -1 or, with ``take_last`` ("remaining"), the input position of the node's
+        LAST input loop — the stable sort puts it right before the appended loop."""
+        p = cuda.grid(1)
+        while p < keys.shape[0]:
+            k = keys[p]
+            d = k // n
+            s = k - d * n
+            o = perm[p]
+            if not (o < ne and s == d):
+                q = pos[p]
+                srcs[q] = s
+                dsts[q] = d
+                if o < ne:
+                    origin[q] = o
+                else:
+                    last = int64(-1)
+                    if take_last != 0 and p > 0:
+                        if keys[p - 1] == k:
+                            last = perm[p - 1]
+                    origin[q] = last
+            p += cuda.gridsize(1)
+
+    def gnn_gather_rows(V, origin, fillv, out):
+        """``out[q] = V[origin[q]]``, or ``fillv`` where origin is -1 (edge values of the list
+        used, in its CSR order)."""
+        ncol = out.shape[1]
+        total = out.shape[0] * ncol
+        k = cuda.grid(1)
+        while k < total:
+            q = k // ncol
+            c = k - q * ncol
+            o = origin[q]
+            out[q, c] = V[o, c] if o >= 0 else fillv
+            k += cuda.gridsize(1)
+
+    def gnn_loop_mean(ptr, srcs, origin, V, out):
+        """fill="mean": one thread per (row i, column c) writes the filled loop of row i
+        (origin -1) as the mean of V over the row's non-loop edges, in CSR order (0 if none;
+        PyG's scatter-mean)."""
+        r = cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y
+        c = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+        if r < ptr.shape[0] - 1 and c < out.shape[1]:
+            acc = ZERO
+            cnt = ZERO
+            ql = int64(-1)
+            for q in range(ptr[r], ptr[r + 1]):
+                if srcs[q] != r:
+                    acc += V[origin[q], c]
+                    cnt += ONE
+                elif origin[q] < 0:
+                    ql = q
+            if ql >= 0:
+                out[ql, c] = acc / cnt if cnt > ZERO else ZERO
+
+    def gnn_deg(ptr, w, has_w, dinv):
+        """GCN: ``deg_i = sum_row w`` (1 per edge without weights) in CSR order and
+        ``dinv_i = deg_i^-1/2``, 0 where deg_i = 0 (PyG's inf -> 0)."""
+        i = cuda.grid(1)
+        while i < dinv.shape[0]:
+            deg = ZERO
+            for q in range(ptr[i], ptr[i + 1]):
+                deg += w[q, 0] if has_w != 0 else ONE
+            dinv[i] = ONE / math.sqrt(deg) if deg > ZERO else ZERO
+            i += cuda.gridsize(1)
+
+    def gnn_gcn_norm(srcs, dsts, w, has_w, dinv, normalize, norm):
+        """``norm_q = dinv_src w_q dinv_dst`` (``w_q`` itself without normalisation)."""
+        q = cuda.grid(1)
+        while q < norm.shape[0]:
+            wq = w[q, 0] if has_w != 0 else ONE
+            if normalize != 0:
+                wq = dinv[srcs[q]] * wq * dinv[dsts[q]]
+            norm[q] = wq
+            q += cuda.gridsize(1)
+
+    def gnn_spmm(ptr, idx, w, wperm, X, bias, out, selfc, scale, C, has_w, has_perm, has_bias):
+        """The segment sum of every layer, one thread per (row r, column f), the row's edges in
+        their fixed order::
+
+            out[r, f] = scale sum_{p in row r} w[q_p, f // C] X[idx_p, f % X.shape[1]]
+                        + selfc X[r, f % X.shape[1]] + bias[f]
+
+        (``q_p = wperm[p]`` with has_perm — weights kept in CSR order read through the
+        transposed CSR — else p; weight 1 without has_w). GCN: w = norm; GIN: selfc = 1 + eps;
+        GAT: w = alpha (E', heads) with C channels per head; the backward passes use the
+        transposed CSR (rows = sources, idx = destinations)."""
+        r = cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y
+        f = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+        if r < out.shape[0] and f < out.shape[1]:
+            xc = X.shape[1]
+            fx = f % xc
+            h = f // C
+            acc = ZERO
+            for p in range(ptr[r], ptr[r + 1]):
+                v = X[idx[p], fx]
+                if has_w != 0:
+                    q = p
+                    if has_perm != 0:
+                        q = wperm[p]
+                    v = w[q, h] * v
+                acc += v
+            acc = scale * acc
+            if selfc != ZERO:
+                acc += selfc * X[r, fx]
+            if has_bias != 0:
+                acc += bias[f]
+            out[r, f] = acc
+
+    def gnn_edge_dot(srcs, dsts, A, B, out):
+        """``out[q] = <A[dst_q], B[src_q]>`` (GCN: dnorm = <G_dst, (XW)_src>), one thread per
+        edge."""
+        q = cuda.grid(1)
+        while q < out.shape[0]:
+            d = dsts[q]
+            s = srcs[q]
+            acc = ZERO
+            for f in range(A.shape[1]):
+                acc += A[d, f] * B[s, f]
+            out[q] = acc
+            q += cuda.gridsize(1)
+
+    def gnn_gcn_gdeg(ptr, srcs, tptr, tedge, dsts, w, has_w, dinv, dnorm, gdeg):
+        """GCN weight gradient, per node k (transposed CSR, then CSR, fixed orders)::
+
+            gdeg_k = -1/2 dinv_k^3 [sum_{src_q = k} dnorm_q w_q dinv_dst
+                                    + sum_{dst_q = k} dnorm_q dinv_src w_q]"""
+        k = cuda.grid(1)
+        while k < gdeg.shape[0]:
+            acc = ZERO
+            for t in range(tptr[k], tptr[k + 1]):
+                q = tedge[t]
+                wq = w[q, 0] if has_w != 0 else ONE
+                acc += dnorm[q] * wq * dinv[dsts[q]]
+            for q in range(ptr[k], ptr[k + 1]):
+                wq = w[q, 0] if has_w != 0 else ONE
+                acc += dnorm[q] * dinv[srcs[q]] * wq
+            dk = dinv[k]
+            gdeg[k] = -G_HALF * dk * dk * dk * acc
+            k += cuda.gridsize(1)
+
+    def gnn_gcn_gw(srcs, dsts, dnorm, dinv, gdeg, normalize, gw):
+        """``gw_q = dnorm_q dinv_src dinv_dst + gdeg_dst`` (``dnorm_q`` without
+        normalisation)."""
+        q = cuda.grid(1)
+        while q < gw.shape[0]:
+            if normalize != 0:
+                d = dsts[q]
+                gw[q] = dnorm[q] * dinv[srcs[q]] * dinv[d] + gdeg[d]
+            else:
+                gw[q] = dnorm[q]
+            q += cuda.gridsize(1)
+
+    def gnn_scatter_origin(origin, V, out):
+        """``out[origin[q]] = V[q]`` where origin >= 0 (each input edge is the origin of at most
+        one edge used: no two threads write one entry; ``out`` zeroed by the caller)."""
+        q = cuda.grid(1)
+        while q < V.shape[0]:
+            o = origin[q]
+            if o >= 0:
+                out[o] = V[q]
+            q += cuda.gridsize(1)
+
+    def gnn_head_dot(Xp, a, out):
+        """``out[n, h] = sum_c Xp[n, h C + c] a[h, c]`` (GAT's s_src / s_dst; with W_e and a_e
+        the (D, heads) matrix whose product with the edge attributes is s_edge)."""
+        H = a.shape[0]
+        C = a.shape[1]
+        total = out.shape[0] * H
+        k = cuda.grid(1)
+        while k < total:
+            n = k // H
+            h = k - n * H
+            acc = ZERO
+            for c in range(C):
+                acc += Xp[n, h * C + c] * a[h, c]
+            out[n, h] = acc
+            k += cuda.gridsize(1)
+
+    def gnn_gat_scores(srcs, dsts, ssrc, sdst, sedge, has_edge, slope, out):
+        """``out[q, h] = LeakyReLU(s_src[src_q, h] + s_dst[dst_q, h] (+ s_edge[q, h]))``."""
+        H = out.shape[1]
+        total = out.shape[0] * H
+        k = cuda.grid(1)
+        while k < total:
+            q = k // H
+            h = k - q * H
+            z = ssrc[srcs[q], h] + sdst[dsts[q], h]
+            if has_edge != 0:
+                z += sedge[q, h]
+            out[q, h] = z if z > ZERO else slope * z
+            k += cuda.gridsize(1)
+
+    @cuda.jit(device=True, inline="always")
+    def gnn_row_lse(ptr, perm, has_perm, S, r, h):
+        """Online (max, sum of exp(. - max)) of the scores of row r, head h, in row order;
+        NaN propagates, -inf adds nothing, and a +inf max makes the sum NaN (exp(inf - inf),
+        as the two-pass reference)."""
+        m = NINF
+        s = ZERO
+        for p in range(ptr[r], ptr[r + 1]):
+            q = perm[p] if has_perm != 0 else p
+            x = S[q, h]
+            if x > m:
+                s = s * math.exp(m - x) + ONE
+                m = x
+            elif x != NINF:
+                s += math.exp(x - m)
+        if m == INF:
+            s = NAN
+        return m, s
+
+    def gnn_seg_softmax(ptr, perm, has_perm, S, out):
+        """Segment softmax, one thread per (row, head): the online max / sum-exp of the row,
+        then ``out[q, h] = exp(S[q, h] - m) / (sum + 1e-16)`` (q = perm[p] with has_perm: the
+        rows index input positions; else CSR positions)."""
+        H = S.shape[1]
+        total = (ptr.shape[0] - 1) * H
+        k = cuda.grid(1)
+        while k < total:
+            r = k // H
+            h = k - r * H
+            m, s = gnn_row_lse(ptr, perm, has_perm, S, r, h)
+            den = s + G_SM_EPS
+            for p in range(ptr[r], ptr[r + 1]):
+                q = perm[p] if has_perm != 0 else p
+                out[q, h] = math.exp(S[q, h] - m) / den
+            k += cuda.gridsize(1)
+
+    def gnn_seg_softmax_bwd(ptr, perm, has_perm, S, is_alpha, G, Y, slope, has_act, out):
+        """Softmax backward per (row, head): alpha (S itself with is_alpha, else recomputed
+        from the scores S), ``dot = sum_row alpha G``, ``out = alpha (G - dot)``, times the
+        LeakyReLU derivative (1 where the activated score Y > 0, else slope) with has_act.
+        ``out`` may alias ``G`` (each (q, h) is read, then written, by its one thread)."""
+        H = S.shape[1]
+        total = (ptr.shape[0] - 1) * H
+        k = cuda.grid(1)
+        while k < total:
+            r = k // H
+            h = k - r * H
+            m = ZERO
+            den = ONE
+            if is_alpha == 0:
+                m, s = gnn_row_lse(ptr, perm, has_perm, S, r, h)
+                den = s + G_SM_EPS
+            dot = ZERO
+            for p in range(ptr[r], ptr[r + 1]):
+                q = perm[p] if has_perm != 0 else p
+                a = S[q, h] if is_alpha != 0 else math.exp(S[q, h] - m) / den
+                dot += a * G[q, h]
+            for p in range(ptr[r], ptr[r + 1]):
+                q = perm[p] if has_perm != 0 else p
+                a = S[q, h] if is_alpha != 0 else math.exp(S[q, h] - m) / den
+                ds = a * (G[q, h] - dot)
+                if has_act != 0 and not (Y[q, h] > ZERO):
+                    ds = ds * slope
+                out[q, h] = ds
+            k += cuda.gridsize(1)
+
+    def gnn_gat_agg(ptr, srcs, alpha, Xp, bias, has_bias, concat, inv_h, out):
+        """GAT aggregation, one thread per (row i, output column f), never an E x heads x C
+        tensor: concat ``out[i, hC + c] = sum_row alpha[q, h] Xp[src_q, hC + c]``; mean
+        ``out[i, c] = inv_h sum_h sum_row alpha[q, h] Xp[src_q, hC + c]``; then + b."""
+        r = cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y
+        f = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+        H = alpha.shape[1]
+        if r < out.shape[0] and f < out.shape[1]:
+            acc = ZERO
+            if concat != 0:
+                h = f // (Xp.shape[1] // H)
+                for q in range(ptr[r], ptr[r + 1]):
+                    acc += alpha[q, h] * Xp[srcs[q], f]
+            else:
+                C = out.shape[1]
+                for h in range(H):
+                    ah = ZERO
+                    for q in range(ptr[r], ptr[r + 1]):
+                        ah += alpha[q, h] * Xp[srcs[q], h * C + f]
+                    acc += ah
+                acc = acc * inv_h
+            if has_bias != 0:
+                acc += bias[f]
+            out[r, f] = acc
+
+    def gnn_gat_dalpha(srcs, dsts, Xp, G, concat, inv_h, out):
+        """``out[q, h] = <Gh[dst_q, h], Xp[src_q, h]>`` with Gh = G viewed (N, heads, C)
+        (concat) or G / heads for every head (mean), one thread per (edge, head)."""
+        H = out.shape[1]
+        C = Xp.shape[1] // H
+        total = out.shape[0] * H
+        k = cuda.grid(1)
+        while k < total:
+            q = k // H
+            h = k - q * H
+            d = dsts[q]
+            s = srcs[q]
+            acc = ZERO
+            for c in range(C):
+                g = G[d, h * C + c] if concat != 0 else G[d, c] * inv_h
+                acc += g * Xp[s, h * C + c]
+            out[q, h] = acc
+            k += cuda.gridsize(1)
+
+    def gnn_seg_sum(ptr, perm, has_perm, V, out):
+        """``out[i, h] = sum_{p in row i} V[q_p, h]`` (q_p = perm[p] with has_perm), one thread
+        per (row, column), fixed order (GAT's ds_src on the transposed CSR, ds_dst on the
+        CSR)."""
+        H = V.shape[1]
+        total = out.shape[0] * H
+        k = cuda.grid(1)
+        while k < total:
+            i = k // H
+            h = k - i * H
+            acc = ZERO
+            for p in range(ptr[i], ptr[i + 1]):
+                q = perm[p] if has_perm != 0 else p
+                acc += V[q, h]
+            out[i, h] = acc
+            k += cuda.gridsize(1)
+
+    def gnn_gat_dxp_add(dXp, ds_src, ds_dst, a_src, a_dst):
+        """``dXp[n, hC + c] += ds_src[n, h] a_src[h, c] + ds_dst[n, h] a_dst[h, c]``."""
+        H = a_src.shape[0]
+        C = a_src.shape[1]
+        HC = H * C
+        total = dXp.shape[0] * HC
+        k = cuda.grid(1)
+        while k < total:
+            n = k // HC
+            f = k - n * HC
+            h = f // C
+            c = f - h * C
+            dXp[n, f] = dXp[n, f] + (ds_src[n, h] * a_src[h, c] + ds_dst[n, h] * a_dst[h, c])
+            k += cuda.gridsize(1)
+
+    def gnn_gat_edge_grads(M, W_e, a_e, dW_e, da_e):
+        """From ``M = A^T dz`` (D, heads): ``dW_e[d, hC + c] = M[d, h] a_e[h, c]`` and
+        ``da_e[h, c] = sum_d M[d, h] W_e[d, hC + c]``."""
+        D = M.shape[0]
+        H = a_e.shape[0]
+        C = a_e.shape[1]
+        HC = H * C
+        total = D * HC + HC
+        k = cuda.grid(1)
+        while k < total:
+            if k < D * HC:
+                d = k // HC
+                f = k - d * HC
+                h = f // C
+                dW_e[d, f] = M[d, h] * a_e[h, f - h * C]
+            else:
+                f = k - D * HC
+                h = f // C
+                acc = ZERO
+                for d in range(D):
+                    acc += M[d, h] * W_e[d, f]
+                da_e[h, f - h * C] = acc
+            k += cuda.gridsize(1)
+
+    def gnn_colsum_part(A, B, part, mode, C, K2):
+        """Split column reductions over the rows j of A (J rows in gridDim.y fixed chunks; one
+        thread per (output k, chunk s)): mode 0 ``sum_j A[j, k]``; mode 1
+        ``sum_j A[j, k] B[j, k // C]``; mode 2 ``sum_j A[j, k // K2] B[j, k % K2]`` (a small
+        A^T B). ``gnn_colsum_finish`` adds the chunk partials in chunk order."""
+        k = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        s = cuda.blockIdx.y
+        nsplit = part.shape[0]
+        J = A.shape[0]
+        if k < part.shape[1]:
+            chunk = (J + nsplit - 1) // nsplit
+            j0 = s * chunk
+            j1 = min(J, j0 + chunk)
+            acc = ZERO
+            if mode == 0:
+                for j in range(j0, j1):
+                    acc += A[j, k]
+            elif mode == 1:
+                hb = k // C
+                for j in range(j0, j1):
+                    acc += A[j, k] * B[j, hb]
+            else:
+                ka = k // K2
+                kb = k - ka * K2
+                for j in range(j0, j1):
+                    acc += A[j, ka] * B[j, kb]
+            part[s, k] = acc
+
+    def gnn_colsum_finish(part, out, scale):
+        """``out[k] = scale sum_s part[s, k]`` (chunk order)."""
+        k = cuda.grid(1)
+        if k < part.shape[1]:
+            acc = ZERO
+            for s in range(part.shape[0]):
+                acc += part[s, k]
+            out[k] = scale * acc
+
+    def gnn_relu(A):
+        """``A = max(A, 0)`` in place (GIN's hidden layer; its derivative is read back from
+        R > 0, which equals Z > 0)."""
+        n1 = A.shape[1]
+        total = A.shape[0] * n1
+        k = cuda.grid(1)
+        while k < total:
+            r = k // n1
+            c = k - r * n1
+            if not (A[r, c] > ZERO):
+                A[r, c] = ZERO
+            k += cuda.gridsize(1)
+
+    def gnn_relu_bwd(dA, R):
+        """``dA = dA [R > 0]`` in place (torch's ReLU derivative: 0 at 0)."""
+        n1 = dA.shape[1]
+        total = dA.shape[0] * n1
+        k = cuda.grid(1)
+        while k < total:
+            r = k // n1
+            c = k - r * n1
+            if not (R[r, c] > ZERO):
+                dA[r, c] = ZERO
+            k += cuda.gridsize(1)
+
+    def gnn_standardize(ea, mean, std, Z):
+        """``Z = (edge_attr - mean) / (std + 1e-8)`` (edge MLP input)."""
+        n1 = Z.shape[1]
+        total = Z.shape[0] * n1
+        k = cuda.grid(1)
+        while k < total:
+            r = k // n1
+            c = k - r * n1
+            Z[r, c] = (ea[r, c] - mean[c]) / (std[c] + G_EPS8)
+            k += cuda.gridsize(1)
+
+    def gnn_edge_mlp_out(Z1, W2, b2, out):
+        """``out[e] = sigmoid(sum_k relu(Z1[e, k]) W2[k, 0] + b2[0]) + 1e-8`` (the edge MLP's
+        output layer fused with its hidden ReLU), one thread per edge."""
+        e = cuda.grid(1)
+        while e < out.shape[0]:
+            acc = ZERO
+            for k in range(Z1.shape[1]):
+                v = Z1[e, k]
+                if v > ZERO:
+                    acc += v * W2[k, 0]
+            x = acc + b2[0]
+            if x >= ZERO:
+                sg = ONE / (ONE + math.exp(-x))
+            else:
+                ex = math.exp(x)
+                sg = ex / (ONE + ex)
+            out[e] = sg + G_EPS8
+            e += cuda.gridsize(1)
+
+    def gnn_softmax_vec(x, out):
+        """One thread: ``out = softmax(x)`` (R relation logits)."""
+        if cuda.grid(1) == 0:
+            m = x[0]
+            for r in range(1, x.shape[0]):
+                m = max(m, x[r])
+            s = ZERO
+            for r in range(x.shape[0]):
+                s += math.exp(x[r] - m)
+            for r in range(x.shape[0]):
+                out[r] = math.exp(x[r] - m) / s
+
+    def gnn_softmax_vec_bwd(beta, g, out):
+        """One thread: ``out = beta (g - <beta, g>)``."""
+        if cuda.grid(1) == 0:
+            dot = ZERO
+            for r in range(beta.shape[0]):
+                dot += beta[r] * g[r]
+            for r in range(beta.shape[0]):
+                out[r] = beta[r] * (g[r] - dot)
+
+    def gnn_wsum(Hs, beta, per_node, out):
+        """``out[i, f] = sum_r beta_r Hs[r, i, f]`` (beta[0, r] shared, or beta[i, r] per node)."""
+        R = Hs.shape[0]
+        F = out.shape[1]
+        total = out.shape[0] * F
+        k = cuda.grid(1)
+        while k < total:
+            i = k // F
+            f = k - i * F
+            acc = ZERO
+            for r in range(R):
+                b = beta[i, r] if per_node != 0 else beta[0, r]
+                acc += b * Hs[r, i, f]
+            out[i, f] = acc
+            k += cuda.gridsize(1)
+
+    def gnn_fuse_dh(beta, per_node, G, dHs):
+        """``dHs[r, i, f] = beta_r G[i, f]`` (beta per node with per_node)."""
+        N = dHs.shape[1]
+        F = dHs.shape[2]
+        total = dHs.shape[0] * N * F
+        k = cuda.grid(1)
+        while k < total:
+            r = k // (N * F)
+            rem = k - r * (N * F)
+            i = rem // F
+            f = rem - i * F
+            b = beta[i, r] if per_node != 0 else beta[0, r]
+            dHs[r, i, f] = b * G[i, f]
+            k += cuda.gridsize(1)
+
+    def gnn_rowdot(Hs, G, P):
+        """``P[i, r] = sum_f G[i, f] Hs[r, i, f]`` (dbeta per node and relation)."""
+        R = Hs.shape[0]
+        total = P.shape[0] * R
+        k = cuda.grid(1)
+        while k < total:
+            i = k // R
+            r = k - i * R
+            acc = ZERO
+            for f in range(G.shape[1]):
+                acc += G[i, f] * Hs[r, i, f]
+            P[i, r] = acc
+            k += cuda.gridsize(1)
+
+    def gnn_att_scores(T, q, S):
+        """Attention fusion, one thread per row of the stacked (R N, A) pre-activations:
+        ``T = tanh(T)`` in place (u, kept for the backward) and ``S[row] = q . u_row``."""
+        row = cuda.grid(1)
+        while row < T.shape[0]:
+            acc = ZERO
+            for a in range(T.shape[1]):
+                u = math.tanh(T[row, a])
+                T[row, a] = u
+                acc += q[a] * u
+            S[row] = acc
+            row += cuda.gridsize(1)
+
+    def gnn_row_softmax(S, beta):
+        """``beta[i] = softmax(S[i])`` per row (node attention over R relations)."""
+        i = cuda.grid(1)
+        while i < beta.shape[0]:
+            m = S[i, 0]
+            for r in range(1, S.shape[1]):
+                m = max(m, S[i, r])
+            s = ZERO
+            for r in range(S.shape[1]):
+                s += math.exp(S[i, r] - m)
+            for r in range(S.shape[1]):
+                beta[i, r] = math.exp(S[i, r] - m) / s
+            i += cuda.gridsize(1)
+
+    def gnn_row_softmax_bwd(beta, P, out):
+        """``out[i, r] = beta_ir (P_ir - sum_r beta_ir P_ir)`` per row."""
+        i = cuda.grid(1)
+        while i < beta.shape[0]:
+            dot = ZERO
+            for r in range(beta.shape[1]):
+                dot += beta[i, r] * P[i, r]
+            for r in range(beta.shape[1]):
+                out[i, r] = beta[i, r] * (P[i, r] - dot)
+            i += cuda.gridsize(1)
+
+    def gnn_bcast(v, scale, out):
+        """``out[r, i] = v[r] scale`` (semantic attention: dS = ds / N for every node)."""
+        n1 = out.shape[1]
+        total = out.shape[0] * n1
+        k = cuda.grid(1)
+        while k < total:
+            r = k // n1
+            out[r, k - r * n1] = v[r] * scale
+            k += cuda.gridsize(1)
+
+    def gnn_att_bwd(T, dS, q):
+        """``T[row, a] = dS[row] q[a] (1 - T[row, a]^2)`` in place (u -> dZ)."""
+        n1 = T.shape[1]
+        total = T.shape[0] * n1
+        k = cuda.grid(1)
+        while k < total:
+            row = k // n1
+            a = k - row * n1
+            u = T[row, a]
+            T[row, a] = dS[row] * q[a] * (ONE - u * u)
+            k += cuda.gridsize(1)
+
+    def gnn_focal(z, y, alpha, gamma, variant, want_grad, inv_n, terms, grad):
+        """Focal loss terms and gradient, one thread per node (variant 0 "code": scalar alpha;
+        1 "logits": alpha_t = alpha y + (1 - alpha)(1 - y))::
+
+            bce = max(x, 0) - x y + log1p(exp(-|x|)),  q = -expm1(-bce)  (= 1 - p_t)
+            terms = a q^gamma bce
+            grad = (a / N) [q^gamma + gamma q^(gamma - 1) exp(-bce) bce (0 where q = 0)]
+                   (sigmoid(x) - y)"""
+        i = cuda.grid(1)
+        while i < z.shape[0]:
+            x = z[i]
+            t = y[i]
+            a = alpha
+            if variant != 0:
+                a = alpha * t + (ONE - alpha) * (ONE - t)
+            bce = max(x, ZERO) - x * t + math.log1p(math.exp(-abs(x)))
+            qv = -math.expm1(-bce)
+            qg = math.pow(qv, gamma)
+            terms[i] = a * qg * bce
+            if want_grad != 0:
+                d = qg
+                if qv > ZERO:
+                    d += gamma * math.pow(qv, gamma - ONE) * math.exp(-bce) * bce
+                if x >= ZERO:
+                    sg = ONE / (ONE + math.exp(-x))
+                else:
+                    ex = math.exp(x)
+                    sg = ex / (ONE + ex)
+                grad[i] = (a * inv_n) * d * (sg - t)
+            i += cuda.gridsize(1)
+
     return {
         "__tile__": TS,
         "fill1d": fill1d,
@@ -4742,4 +5662,49 @@ def _build(dtype: str) -> dict:
         "rv_cast_f": _rv_cast,
         "rv_idx32": rv_idx32,
         "rv_flags": rv_flags,
+        "gnn_istats": gnn_istats,
+        "gnn_istats_finish": gnn_istats_finish,
+        "gnn_fstats": gnn_fstats,
+        "gnn_fstats_finish": gnn_fstats_finish,
+        "gnn_keys": gnn_keys,
+        "gnn_split": gnn_split,
+        "gnn_lower_bound": gnn_lower_bound,
+        "gnn_gather_i": gnn_gather_i,
+        "gnn_loop_keep": gnn_loop_keep,
+        "gnn_loop_compact": gnn_loop_compact,
+        "gnn_gather_rows": gnn_gather_rows,
+        "gnn_loop_mean": gnn_loop_mean,
+        "gnn_deg": gnn_deg,
+        "gnn_gcn_norm": gnn_gcn_norm,
+        "gnn_spmm": gnn_spmm,
+        "gnn_edge_dot": gnn_edge_dot,
+        "gnn_gcn_gdeg": gnn_gcn_gdeg,
+        "gnn_gcn_gw": gnn_gcn_gw,
+        "gnn_scatter_origin": gnn_scatter_origin,
+        "gnn_head_dot": gnn_head_dot,
+        "gnn_gat_scores": gnn_gat_scores,
+        "gnn_seg_softmax": gnn_seg_softmax,
+        "gnn_seg_softmax_bwd": gnn_seg_softmax_bwd,
+        "gnn_gat_agg": gnn_gat_agg,
+        "gnn_gat_dalpha": gnn_gat_dalpha,
+        "gnn_seg_sum": gnn_seg_sum,
+        "gnn_gat_dxp_add": gnn_gat_dxp_add,
+        "gnn_gat_edge_grads": gnn_gat_edge_grads,
+        "gnn_colsum_part": gnn_colsum_part,
+        "gnn_colsum_finish": gnn_colsum_finish,
+        "gnn_relu": gnn_relu,
+        "gnn_relu_bwd": gnn_relu_bwd,
+        "gnn_standardize": gnn_standardize,
+        "gnn_edge_mlp_out": gnn_edge_mlp_out,
+        "gnn_softmax_vec": gnn_softmax_vec,
+        "gnn_softmax_vec_bwd": gnn_softmax_vec_bwd,
+        "gnn_wsum": gnn_wsum,
+        "gnn_fuse_dh": gnn_fuse_dh,
+        "gnn_rowdot": gnn_rowdot,
+        "gnn_att_scores": gnn_att_scores,
+        "gnn_row_softmax": gnn_row_softmax,
+        "gnn_row_softmax_bwd": gnn_row_softmax_bwd,
+        "gnn_bcast": gnn_bcast,
+        "gnn_att_bwd": gnn_att_bwd,
+        "gnn_focal": gnn_focal,
     }

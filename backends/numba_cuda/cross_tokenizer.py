@@ -83,13 +83,6 @@ _BLOCK_1D = 256            # threads of the elementwise 2-D launches along the c
 # --------------------------------------------------------------------------- helpers
 
 
-def _ceil(a: int, b: int) -> int:
-    return -(-int(a) // int(b))
-
-
-def _s(dt: str, x: float):
-    return np.dtype(dt).type(x)
-
 
 def _red(work: int) -> int:
     """Threads of a one-block-per-row kernel: a power of 2 (the shared-memory trees)."""
@@ -102,7 +95,7 @@ def _launch_rows_cols(name: str, dt: str, rows: int, cols: int, *args) -> None:
     if rows == 0 or cols == 0:
         return
     nt = K.threads(cols, _BLOCK_1D)
-    K.launch(name, dt, (rows, _ceil(cols, nt)), (nt,), 0, *args)
+    K.launch(name, dt, (rows, K.ceil_div(cols, nt)), (nt,), 0, *args)
 
 
 def _reader():
@@ -134,7 +127,7 @@ def _dpo(logp, ref, beta: float, dt: str):
     loss = K.empty((1,), dt)
     cr, rr, dlogp = K.empty((B,), dt), K.empty((B,), dt), K.empty((R,), dt)
     K.launch("pref_dpo", dt, (1,), (_red(B),), 0, logp, ref, loss, cr, rr, dlogp,
-             _s(dt, beta), _s(dt, 0.0), 0)
+             K.scalar(dt, beta), K.scalar(dt, 0.0), 0)
     return loss, cr, rr, dlogp
 
 
@@ -148,7 +141,7 @@ def _to_dtype(x, dt: str):
     out = K.empty((int(np.prod(shape)),), dt)
     if out.shape[0]:
         nt = K.threads(out.shape[0], 256)
-        K.launch("pref_cast", dt, (_ceil(out.shape[0], nt),), (nt,), 0, flat, out)
+        K.launch("pref_cast", dt, (K.ceil_div(out.shape[0], nt),), (nt,), 0, flat, out)
     return out.reshape(shape)
 
 
@@ -169,8 +162,8 @@ def _kd(z_s, z_t, kind, tau, tea_temp, use_tea_temp, skew, adaptive_alpha, need_
     if rows:
         tt = a.tea_temp if a.use_tea_temp else 1.0
         alpha = a.adaptive_alpha if a.adaptive_alpha is not None else 0.0
-        K.launch("ct_kd", dt, (rows,), (_red(nv),), 0, zs2, zt2, div, dz, _s(dt, a.tau),
-                 _s(dt, tt), _s(dt, a.skew), _s(dt, alpha), _KD_CODE[a.kind], int(need_grad))
+        K.launch("ct_kd", dt, (rows,), (_red(nv),), 0, zs2, zt2, div, dz, K.scalar(dt, a.tau),
+                 K.scalar(dt, tt), K.scalar(dt, a.skew), K.scalar(dt, alpha), _KD_CODE[a.kind], int(need_grad))
     div = _out(div.reshape(shape[:-1]), z_s)
     if not need_grad:
         return div
@@ -207,7 +200,7 @@ def _rowstat(z, mu, dt: str, c1: float, mode: int):
     out = K.empty((B, N), dt)
     if B and N:
         K.launch("ct_rowstat", dt, (N, B), (_red(nv),), 0, K.device(z), mu, out,
-                 _s(dt, c1), mode)
+                 K.scalar(dt, c1), mode)
     return out
 
 
@@ -251,8 +244,8 @@ def _band(A3, ln, lm, dt: str, params):
     B, N, M = (int(s) for s in A3.shape)
     P = K.empty((B, N, M), dt)
     if B and N and M:
-        K.launch("ct_band", dt, (N, B), (_red(M),), 0, A3, ln, lm, P, _s(dt, alpha),
-                 _s(dt, w0), _s(dt, kappa), _s(dt, rho))
+        K.launch("ct_band", dt, (N, B), (_red(M),), 0, A3, ln, lm, P, K.scalar(dt, alpha),
+                 K.scalar(dt, w0), K.scalar(dt, kappa), K.scalar(dt, rho))
     return P
 
 
@@ -382,7 +375,7 @@ def span_sum(token_logps, seg, num_spans, *, reduce="sum"):
         seg_d = K.upload(np.ascontiguousarray(sg2))
         _launch_rows_cols("ct_span_sum", dt, rows, kk, x2, seg_d, out, cnt, int(need_cnt))
         if reduce == "mean":
-            _launch_rows_cols("ct_span_scale", dt, rows, R, out, cnt, _s(dt, 1.0), 1)
+            _launch_rows_cols("ct_span_scale", dt, rows, R, out, cnt, K.scalar(dt, 1.0), 1)
         elif reduce == "padded_mean":
             width = 0
             for row in sg2:                # the largest token count of any (row, span)
@@ -390,7 +383,7 @@ def span_sum(token_logps, seg, num_spans, *, reduce="sum"):
                 if v.size:
                     width = max(width, int(np.bincount(v, minlength=R).max()))
             _launch_rows_cols("ct_span_scale", dt, rows, R, out, K.dummy(2, dt),
-                              _s(dt, 1.0 / max(float(width), 1.0)), 2)
+                              K.scalar(dt, 1.0 / max(float(width), 1.0)), 2)
     return _out(out.reshape(shape[:-1] + (R,)), token_logps)
 
 
@@ -435,8 +428,8 @@ def span_weights(lp_pos, lp_neg, mu, *, k=1.0, lo=-0.5, hi=1.5, decimals=2):
     mu_d = K.upload(np.array(mu_full, dtype=dt, order="C", copy=True))
     out = K.empty((rows, cols), dt)
     scale = 10.0 ** decimals if decimals is not None else 1.0
-    _launch_rows_cols("ct_span_weights", dt, rows, cols, pos2, neg2, mu_d, out, _s(dt, k),
-                      _s(dt, lo), _s(dt, hi), _s(dt, scale), int(decimals is not None))
+    _launch_rows_cols("ct_span_weights", dt, rows, cols, pos2, neg2, mu_d, out, K.scalar(dt, k),
+                      K.scalar(dt, lo), K.scalar(dt, hi), K.scalar(dt, scale), int(decimals is not None))
     return _out(out.reshape(shape), lp_pos)
 
 
@@ -492,8 +485,8 @@ def _tis(logits, ref_logits, labels, mask, weights, beta, alpha, token_level, ne
         K.launch("ct_tis_tok", dt, (T, R), (_red(nv),), 0, z, zr, y, wts, md, a, kt, om, st)
     aeff = alpha if token_level else 0.0
     logp, rew = K.empty((R,), dt), K.empty((R,), dt)
-    K.launch("ct_tis_rows", dt, (R,), (_red(T),), 0, a, kt, om, logp, rew, _s(dt, aeff),
-             _s(dt, beta), int(token_level))
+    K.launch("ct_tis_rows", dt, (R,), (_red(T),), 0, a, kt, om, logp, rew, K.scalar(dt, aeff),
+             K.scalar(dt, beta), int(token_level))
     loss, _, _, dlogp = _dpo(logp, K.zeros((R,), dt), beta, dt)
     B = R // 2
     if not need_grad:
@@ -501,7 +494,7 @@ def _tis(logits, ref_logits, labels, mask, weights, beta, alpha, token_level, ne
     dz = K.empty((R, T, nv), dt)
     if T:
         K.launch("ct_tis_grad", dt, (T, R), (K.threads(nv, 256),), 0, z, zr, y, om, st, kt,
-                 dlogp, dz, _s(dt, aeff))
+                 dlogp, dz, K.scalar(dt, aeff))
     return _scalar_out(loss, logits), _out(dz, logits)
 
 

@@ -174,10 +174,6 @@ class _Stats:
             self.cache[id(y)] = (bool(host[k, 0] == 0), float(host[k, 1]))
 
 
-def _scalar(dt: str, x):
-    return np.dtype(dt).type(x)
-
-
 def _flat(x, core: int):
     return K.flatten_batch(K.device(x), core)
 
@@ -282,7 +278,7 @@ def infssm_distance(a, c, b, e, variant="code", eps=0.0):
         else:
             fail = K.upload(np.array([_NO_FAIL], dtype=np.int64))
             K.launch("iss_principled", dt, grid, block, 0, A, C, Bv, E, d, fail,
-                     _scalar(dt, float(eps)), _VARIANT[variant])
+                     K.scalar(dt, float(eps)), _VARIANT[variant])
             code = int(fail.copy_to_host()[0])           # THE one read (8 bytes)
             if code != _NO_FAIL:
                 raise _principled_error(code, float(eps))
@@ -392,7 +388,7 @@ def _reg_forward(new_pairs, old_pairs, lam, mode, allclose_shortcut, grad):
         scale = K.empty((S,), dt)
         coef = lam / S / (m if mode == "inf_ssm" else m * n) if m else 0.0
         K.launch("iss_reg_scale", dt, (1,), (K.threads(S, 256),), 0, sa, sc, scale,
-                 _scalar(dt, coef), shortcut)
+                 K.scalar(dt, coef), shortcut)
     dsum = K.dummy(1, dt)
     if mode == "inf_ssm":
         d = K.empty((M,), dt)
@@ -415,8 +411,8 @@ def _reg_forward(new_pairs, old_pairs, lam, mode, allclose_shortcut, grad):
             K.launch("iss_mse_grad", dt, grid, block, 0, cn, co, scale, dc, m)
         cnt = m * n
     loss = K.empty((1,), dt)
-    K.launch("iss_reg_loss", dt, (1,), (1,), 0, sa, sc, dsum, loss, _scalar(dt, lam),
-             _scalar(dt, cnt), _scalar(dt, S), 0 if mode == "inf_ssm" else 1, shortcut)
+    K.launch("iss_reg_loss", dt, (1,), (1,), 0, sa, sc, dsum, loss, K.scalar(dt, lam),
+             K.scalar(dt, cnt), K.scalar(dt, S), 0 if mode == "inf_ssm" else 1, shortcut)
     like = new_pairs[0][0]
     loss = K.wrap(loss.reshape(()), like)
     if not grad:

@@ -68,27 +68,19 @@ _LOSS_CODE = {"sigmoid": 0, "hinge": 1, "ipo": 2}
 # --------------------------------------------------------------------------- launch helpers
 
 
-def _ceil(a: int, b: int) -> int:
-    return -(-int(a) // int(b))
-
-
 def _launch2(name: str, dt: str, rows: int, cols: int, *args) -> None:
     """A 2-D elementwise kernel over (rows, cols): threadIdx.x along the (contiguous) columns,
     row blocks on grid x (no 65535 limit on rows, e.g. V rows of ``pref_absmul``)."""
     if rows == 0 or cols == 0:
         return
     bx, by = (4, 2) if K.simulator() else (32, 8)
-    K.launch(name, dt, (_ceil(rows, by), _ceil(cols, bx)), (bx, by), 0, *args)
+    K.launch(name, dt, (K.ceil_div(rows, by), K.ceil_div(cols, bx)), (bx, by), 0, *args)
 
 
 def _launch1(name: str, dt: str, size: int, *args, cap: int = 256) -> None:
     size = max(int(size), 1)
     nt = K.threads(size, cap)
-    K.launch(name, dt, (_ceil(size, nt),), (nt,), 0, *args)
-
-
-def _scalar(dt: str, x: float):
-    return np.dtype(dt).type(x)
+    K.launch(name, dt, (K.ceil_div(size, nt),), (nt,), 0, *args)
 
 
 def _gemm(dt: str, A, Bm, C, *, ta: int = 0, tb: int = 0, alpha: float = 1.0, beta: float = 0.0,
@@ -100,10 +92,10 @@ def _gemm(dt: str, A, Bm, C, *, ta: int = 0, tb: int = 0, alpha: float = 1.0, be
     if M == 0 or N == 0:
         return
     ts = K.tile(dt)
-    K.launch("pref_gemm", dt, (_ceil(N, ts), _ceil(M, ts)), (ts, ts), 0,
+    K.launch("pref_gemm", dt, (K.ceil_div(N, ts), K.ceil_div(M, ts)), (ts, ts), 0,
              A, Bm, K.dummy(2, dt) if B2 is None else B2, C,
              K.dummy(1, dt) if bias is None else bias,
-             _scalar(dt, alpha), _scalar(dt, beta), int(ta), int(tb),
+             K.scalar(dt, alpha), K.scalar(dt, beta), int(ta), int(tb),
              int(B2 is not None), int(bias is not None))
 
 
@@ -186,7 +178,7 @@ class _Head:
         self.Z = K.empty((tc, vc), self.dt)                  # the one logit-block workspace
 
     def scalar(self, x):
-        return _scalar(self.dt, x)
+        return K.scalar(self.dt, x)
 
     def logits(self, i0, i1, j0, j1, eps=None, out=None):
         """``Z_b = Hc[i0:i1] (W_b [+ eps_b])^T + b_b`` (into the workspace unless ``out``)."""
@@ -272,7 +264,7 @@ def _frob_dot(dt: str, A, Bm, out) -> None:
     if total == 0:
         return
     nt = _red_threads(total)
-    blocks = min(_ceil(total, nt), 2 if K.simulator() else 1024)
+    blocks = min(K.ceil_div(total, nt), 2 if K.simulator() else 1024)
     K.launch("pref_frob_dot", dt, (blocks,), (nt,), 0, A, Bm, out)
 
 
@@ -292,7 +284,7 @@ def _forward(hd: _Head, eps=None, gram: _Gram | None = None):
             if gram is not None:
                 _gemm(dt, gram.K[i0:i1], G0s, Z, beta=1.0)
             lanes, rows = _lse_geometry(i1 - i0, j1 - j0)
-            K.launch("pref_lse_update", dt, (_ceil(i1 - i0, rows),), (lanes, rows), 0,
+            K.launch("pref_lse_update", dt, (K.ceil_div(i1 - i0, rows),), (lanes, rows), 0,
                      Z, hd.y[i0:i1], j0, mx[i0:i1], s[i0:i1], zy[i0:i1])
     lse, tok = K.empty((n,), dt), K.empty((n,), dt)
     if n:
@@ -337,7 +329,7 @@ def _dpo(l, ref, beta: float, loss_type: str, ls: float, dt: str):
     loss = K.empty((1,), dt)
     cr, rr, dlogp = K.empty((B,), dt), K.empty((B,), dt), K.empty((R,), dt)
     K.launch("pref_dpo", dt, (1,), (_red_threads(B),), 0, l, ref, loss, cr, rr, dlogp,
-             _scalar(dt, beta), _scalar(dt, ls), _LOSS_CODE[loss_type])
+             K.scalar(dt, beta), K.scalar(dt, ls), _LOSS_CODE[loss_type])
     return loss, cr, rr, dlogp
 
 

@@ -79,8 +79,6 @@ __all__ = [
 ]
 
 ROW_BLOCK = K.RV_RED      # most threads of the one-block-per-row kernels (a power of 2)
-EW_BLOCK = 256            # threads of the element-wise / one-thread-per-row kernels
-EW_GRID = 4096            # most blocks of the grid-stride kernels
 
 _FLAG_KIND = {"binary": 0, "ones": 1, "finite": 2, "nonneg": 3, "nonzero": 4}
 _CASTS = {"bool": "rv_cast_bool", "int8": "rv_cast_i8", "int16": "rv_cast_i16",
@@ -88,33 +86,8 @@ _CASTS = {"bool": "rv_cast_bool", "int8": "rv_cast_i8", "int16": "rv_cast_i16",
           "uint16": "rv_cast_u16", "uint32": "rv_cast_u32", "uint64": "rv_cast_u64"}
 
 
-def _ceil(a: int, b: int) -> int:
-    return -(-int(a) // int(b))
-
-
-def _sc(dt: str, x) -> object:
-    return np.dtype(dt).type(x)
-
-
 def _row_threads(n: int) -> int:
     return K.pow2_floor(K.threads(n, ROW_BLOCK))
-
-
-def _ew(dt: str, name: str, total: int, *args) -> None:
-    """Launch a grid-stride element-wise kernel over ``total`` items."""
-    if total <= 0:
-        return
-    nt = K.threads(total, EW_BLOCK)
-    grid = max(1, min(_ceil(total, nt), 2 if K.simulator() else EW_GRID))
-    K.launch(name, dt, (grid,), (nt,), 0, *args)
-
-
-def _per_row(dt: str, name: str, rows: int, *args) -> None:
-    """Launch a one-thread-per-row kernel."""
-    if rows <= 0:
-        return
-    nt = K.threads(rows, EW_BLOCK)
-    K.launch(name, dt, (_ceil(rows, nt),), (nt,), 0, *args)
 
 
 def _view0(arr, i: int, like):
@@ -146,7 +119,7 @@ def _flags(checks):
     for slot, (kind, x) in enumerate(checks):
         a = _as3(K.device(K.unmeta(x)))
         total = int(np.prod([int(s) for s in a.shape]))
-        _ew(dt, "rv_flags", total, a, out, slot, _FLAG_KIND[kind])
+        K.launch_grid_stride("rv_flags", dt, total, a, out, slot, _FLAG_KIND[kind])
     h = out.copy_to_host()                               # THE one read
     return tuple(bool(h[i] != 0) if kind == "nonzero" else bool(h[i] == 0)
                  for i, (kind, _) in enumerate(checks))
@@ -165,7 +138,7 @@ def _idx32(a, name: str):
         raise TypeError(f"{name} must be an int32 or int64 device array, got {dt}")
     n = int(a.shape[0])
     out = K.empty((n,), "int32")
-    _per_row("float64", "rv_idx32", n, a, out)
+    K.launch_per_item("rv_idx32", "float64", n, a, out)
     return out
 
 
@@ -206,8 +179,8 @@ class _X:
         U, N = int(C.shape[0]), int(C.shape[1])
         if U == 0 or N == 0:
             return
-        nt = K.threads(N, EW_BLOCK)
-        K.launch("rv_spmm", dt, (_ceil(N, nt), U), (nt,), 0, vals, self.indices, self.indptr,
+        nt = K.threads(N, K.EW_BLOCK)
+        K.launch("rv_spmm", dt, (K.ceil_div(N, nt), U), (nt,), 0, vals, self.indices, self.indptr,
                  B, K.dummy(1, dt) if bias is None else bias, C, int(bias is not None))
 
     def spmm_t(self, dt: str, vals, B, C):
@@ -216,8 +189,8 @@ class _X:
         U, N = int(B.shape[0]), int(B.shape[1])
         if U == 0 or N == 0:
             return
-        nt = K.threads(N, EW_BLOCK)
-        K.launch("rv_spmm_t", dt, (_ceil(N, nt), U), (nt,), 0, vals, self.indices,
+        nt = K.threads(N, K.EW_BLOCK)
+        K.launch("rv_spmm_t", dt, (K.ceil_div(N, nt), U), (nt,), 0, vals, self.indices,
                  self.indptr, B, C)
 
     def tproduct(self, dt: str, B, C):
@@ -268,25 +241,25 @@ def _forward(x: _X, P, mask, eps, keep_prob, mode, sh, keep=False):
     if x.csr:
         x.index()
         vals = K.empty((int(x.data.shape[0]),), dt)
-        _per_row(dt, "rv_csr_prep", U, x.data, x.indices, x.indptr, m2, vals, nrow,
-                 _sc(dt, keep_prob), mode, has_mask)
+        K.launch_per_item("rv_csr_prep", dt, U, x.data, x.indices, x.indptr, m2, vals, nrow,
+                 K.scalar(dt, keep_prob), mode, has_mask)
         x.spmm(dt, vals, P["W1"], a1, P["b1"])
         f["h0vals"] = vals
     else:
         h0 = K.empty((U, I), dt)
         K.launch("rv_rowprep", dt, (U,), (_row_threads(I),), 0, x.dense, m2, h0, nrow,
-                 _sc(dt, keep_prob), mode, has_mask)
+                 K.scalar(dt, keep_prob), mode, has_mask)
         _gemm(dt, h0, P["W1"], a1, bias=P["b1"])
         f["h0"] = h0
-    _ew(dt, "rv_tanh", U * H, a1)
+    K.launch_grid_stride("rv_tanh", dt, U * H, a1)
     o2 = K.empty((U, 2 * d), dt)
     _gemm(dt, a1, P["W2"], o2, bias=P["b2"])
     mu, lv, z = (K.empty((U, d), dt) for _ in range(3))
-    _ew(dt, "rv_latent", U * d, o2, eps if eps is not None else K.dummy(2, dt), mu, lv, z,
+    K.launch_grid_stride("rv_latent", dt, U * d, o2, eps if eps is not None else K.dummy(2, dt), mu, lv, z,
         int(eps is not None))
     h3 = K.empty((U, H), dt)
     _gemm(dt, z, P["W3"], h3, bias=P["b3"])
-    _ew(dt, "rv_tanh", U * H, h3)
+    K.launch_grid_stride("rv_tanh", dt, U * H, h3)
     logits = K.empty((U, I), dt)
     _gemm(dt, h3, P["W4"], logits, bias=P["b4"])
     f.update(h1=a1, mu=mu, lv=lv, z=z, h3=h3, logits=logits, nrow=nrow)
@@ -323,9 +296,9 @@ def _loss_rows(x: _X, logits, mu, lv, dt, U, want_grad: bool):
         d1 = _idummy()
         xa = (x.dense, K.dummy(1, dt), d1, d1)
     K.launch("rv_nll_rows", dt, (U,), (_row_threads(I),), 0, logits, *xa, rows, dlog,
-             _sc(dt, 1.0 / U), int(x.csr), int(want_grad))
+             K.scalar(dt, 1.0 / U), int(x.csr), int(want_grad))
     kl = K.empty((U,), dt)
-    _per_row(dt, "rv_kl_rows", U, mu, lv, kl)
+    K.launch_per_item("rv_kl_rows", dt, U, mu, lv, kl)
     return rows, kl, (dlog if want_grad else None)
 
 
@@ -333,7 +306,7 @@ def _finish(dt, rows, kl, beta, lam=0.0, extra=None):
     out = K.empty((3,), dt)
     U = int(rows.shape[0])
     K.launch("rv_loss_finish", dt, (1,), (_row_threads(U),), 0, rows, kl,
-             K.dummy(1, dt) if extra is None else extra, out, _sc(dt, beta), _sc(dt, lam),
+             K.dummy(1, dt) if extra is None else extra, out, K.scalar(dt, beta), K.scalar(dt, lam),
              int(extra is not None))
     return out
 
@@ -357,11 +330,11 @@ def _pia(x: _X, mu, lv, E, dt, U, d, z=None):
     """``(ax = X @ [E, rn2, 1], per-user L_A rows, reduction (sum, count, mean))``."""
     I = int(E.shape[0])
     Ea = K.empty((I, d + 2), dt)
-    _per_row(dt, "rv_eaug", I, E, Ea)
+    K.launch_per_item("rv_eaug", dt, I, E, Ea)
     ax = K.empty((U, d + 2), dt)
     x.product(dt, Ea, ax)
     rows = K.empty((U,), dt)
-    _per_row(dt, "rv_pia_rows", U, mu, lv, ax, K.dummy(3, dt) if z is None else z, rows,
+    K.launch_per_item("rv_pia_rows", dt, U, mu, lv, ax, K.dummy(3, dt) if z is None else z, rows,
              int(z is not None))
     red = K.empty((3,), dt)
     K.launch("rv_reduce", dt, (1,), (_row_threads(U),), 0, rows, ax, red)
@@ -374,19 +347,19 @@ def _pia_grads(x: _X, mu, lv, E, ax, red, dt, U, d, scale):
     dmu = K.empty((U, d), dt)
     dlv = K.empty((U, d), dt)
     waug = K.empty((U, d + 1), dt)
-    _ew(dt, "rv_pia_grad_rows", U * d, mu, lv, ax, red, dmu, dlv, waug, _sc(dt, scale))
+    K.launch_grid_stride("rv_pia_grad_rows", dt, U * d, mu, lv, ax, red, dmu, dlv, waug, K.scalar(dt, scale))
     G = K.empty((I, d + 1), dt)
     x.tproduct(dt, waug, G)
     dE = K.empty((I, d), dt)
-    _ew(dt, "rv_pia_de", I * d, E, G, red, dE, _sc(dt, scale))
+    K.launch_grid_stride("rv_pia_de", dt, I * d, E, G, red, dE, K.scalar(dt, scale))
     return dmu, dlv, dE
 
 
 def _colsum(dt, G):
     out = K.zeros((int(G.shape[1]),), dt)
     n = int(G.shape[1])
-    nt = K.threads(n, EW_BLOCK)
-    K.launch("pref_colsum", dt, (_ceil(n, nt),), (nt,), 0, G, out)
+    nt = K.threads(n, K.EW_BLOCK)
+    K.launch("pref_colsum", dt, (K.ceil_div(n, nt),), (nt,), 0, G, out)
     return out
 
 
@@ -422,7 +395,7 @@ def multvae_value_and_grad(X, params, beta, mask, eps, keep_prob=0.5, mask_mode=
     g["b4"] = _colsum(dt, dlog)
     da3 = K.empty((U, H), dt)
     _gemm(dt, dlog, P["W4"], da3, tb=1)
-    _ew(dt, "rv_tanh_bwd", U * H, da3, f["h3"])
+    K.launch_grid_stride("rv_tanh_bwd", dt, U * H, da3, f["h3"])
     g["W3"] = K.empty((d, H), dt)
     _gemm(dt, f["z"], da3, g["W3"], ta=1)
     g["b3"] = _colsum(dt, da3)
@@ -430,15 +403,15 @@ def multvae_value_and_grad(X, params, beta, mask, eps, keep_prob=0.5, mask_mode=
     _gemm(dt, da3, P["W3"], dz, tb=1)
     do2 = K.empty((U, 2 * d), dt)
     d2 = K.dummy(2, dt)
-    _ew(dt, "rv_latent_bwd", U * d, dz, mu, lv, d2 if eps_d is None else eps_d,
-        d2 if red is None else pmu, d2 if red is None else plv, do2, _sc(dt, beta),
-        _sc(dt, 1.0 / U), int(eps_d is not None), int(red is not None))
+    K.launch_grid_stride("rv_latent_bwd", dt, U * d, dz, mu, lv, d2 if eps_d is None else eps_d,
+        d2 if red is None else pmu, d2 if red is None else plv, do2, K.scalar(dt, beta),
+        K.scalar(dt, 1.0 / U), int(eps_d is not None), int(red is not None))
     g["W2"] = K.empty((H, 2 * d), dt)
     _gemm(dt, f["h1"], do2, g["W2"], ta=1)
     g["b2"] = _colsum(dt, do2)
     da1 = K.empty((U, H), dt)
     _gemm(dt, do2, P["W2"], da1, tb=1)
-    _ew(dt, "rv_tanh_bwd", U * H, da1, f["h1"])
+    K.launch_grid_stride("rv_tanh_bwd", dt, U * H, da1, f["h1"])
     g["W1"] = K.empty((I, H), dt)
     if x.csr:
         K.fill(g["W1"], 0.0)
@@ -469,11 +442,11 @@ def item_centroids(X, E):
     sh = V.item_centroids_args(x.meta, K.meta(E), x_values=x.values, flags=_flags)
     dt, U, I, d = sh.dtype, sh.U, sh.I, sh.d
     Ea = K.empty((I, d + 2), dt)
-    _per_row(dt, "rv_eaug", I, K.device(E), Ea)
+    K.launch_per_item("rv_eaug", dt, I, K.device(E), Ea)
     ax = K.empty((U, d + 2), dt)
     x.product(dt, Ea, ax)
     cen = K.empty((U, d), dt)
-    _ew(dt, "rv_centroid", U * d, ax, cen)
+    K.launch_grid_stride("rv_centroid", dt, U * d, ax, cen)
     return K.wrap(cen, x.like)
 
 
@@ -511,7 +484,7 @@ def gaussian_w2(mu1, s1, mu2, s2):
     U, _ = V.gaussian_w2_args(*(K.meta(a) for a in (mu1, s1, mu2, s2)), flags=_flags)
     dt = V.dtype_name(K.meta(mu1))
     out = K.empty((U,), dt)
-    _per_row(dt, "rv_w2", U, *(K.device(a) for a in (mu1, s1, mu2, s2)), out)
+    K.launch_per_item("rv_w2", dt, U, *(K.device(a) for a in (mu1, s1, mu2, s2)), out)
     return K.wrap(out, mu1)
 
 
@@ -531,7 +504,7 @@ def _to_T(a, dt: str, name: str):
     else:
         raise TypeError(f"{name} has dtype {src}, which the numba_cuda backend cannot read; "
                         f"pass bool, an integer dtype, float32 or float64")
-    _ew(dt, kname, int(np.prod(out.shape)), a, out)
+    K.launch_grid_stride(kname, dt, int(np.prod(out.shape)), a, out)
     return out
 
 
@@ -545,7 +518,7 @@ def _interactions_T(X, dt: str, name: str, U: int, I: int):
             data = _to_T(data.reshape((1, nnz)) if nnz else K.empty((1, 0), V.dtype_name(data)),
                          dt, name)[0]
         out = K.zeros((U, I), dt)
-        _per_row(dt, "rv_densify", U, data, _idx32(X.indices, f"{name}.indices"),
+        K.launch_per_item("rv_densify", dt, U, data, _idx32(X.indices, f"{name}.indices"),
                  _idx32(X.indptr, f"{name}.indptr"), out)
         return out
     return _to_T(K.device(X), dt, name)
@@ -588,7 +561,7 @@ def _metric(scores, X_fold, X_heldout, k, mode: int):
         fold = _interactions_T(X_fold, dt, "X_fold", U, I)
         held = _interactions_T(X_heldout, dt, "X_heldout", U, I)
         out = K.zeros((4,), dt)
-        _ew(dt, "rv_metric_stats", U * I, sc, fold, held, out)
+        K.launch_grid_stride("rv_metric_stats", dt, U * I, sc, fold, held, out)
         hh = out.copy_to_host()                         # THE one read
         st.update(sc=sc, fold=fold, held=held, dt=dt)
         return bool(hh[0] == 0), bool(hh[1] == 0), bool(hh[2] == 0), int(hh[3])

@@ -85,14 +85,6 @@ _CASTS = {"int8": "cd_cast_i8", "int16": "cd_cast_i16", "int32": "cd_cast_i32",
           "uint64": "cd_cast_u64"}
 
 
-def _ceil(a: int, b: int) -> int:
-    return -(-int(a) // int(b))
-
-
-def _sc(dt: str, x) -> object:
-    return np.dtype(dt).type(x)
-
-
 def _pow2_threads(work: int, cap: int) -> int:
     return K.pow2_floor(K.threads(work, cap))
 
@@ -117,7 +109,7 @@ class _Vec:
     def run(self, dt: str):
         n = int(self.a.shape[0])
         nt = _pow2_threads(n, VEC_BLOCK)
-        grid = max(1, min(_ceil(n, nt), 2 if K.simulator() else VEC_GRID))
+        grid = max(1, min(K.ceil_div(n, nt), 2 if K.simulator() else VEC_GRID))
         self.dt = dt
         self.part = K.empty((grid, 7), dt)
         d1 = K.dummy(1, dt)
@@ -133,7 +125,7 @@ class _Vec:
         dt = self.dt
         nt = _pow2_threads(int(self.part.shape[0]), VEC_BLOCK)
         K.launch("se_vec_final", dt, (1,), (nt,), 0, self.part, K.dummy(1, dt), self.out,
-                 _sc(dt, s1), _sc(dt, s2), _sc(dt, s3), int(mode), 0)
+                 K.scalar(dt, s1), K.scalar(dt, s2), K.scalar(dt, s3), int(mode), 0)
 
     def _slot(self, x):
         for slot, orig in enumerate(self._orig):
@@ -151,13 +143,13 @@ def _apply(v: _Vec, mode: int, lam2: float, like):
     n = int(v.a.shape[0])
     res = K.empty((n,), dt)
     nt = K.threads(n, VEC_BLOCK)
-    grid = max(1, min(_ceil(n, nt), 2 if K.simulator() else 65535))
+    grid = max(1, min(K.ceil_div(n, nt), 2 if K.simulator() else 65535))
     d1 = K.dummy(1, dt)
     if mode == 0:
         args = (v.a, v.b, v.c, v.r)
     else:
         args = (v.b, v.a, d1, d1)            # theta + s g: (theta, g) with g in pass 1's "a"
-    K.launch("se_vec_apply", dt, (grid,), (nt,), 0, *args, v.out, res, _sc(dt, lam2), mode)
+    K.launch("se_vec_apply", dt, (grid,), (nt,), 0, *args, v.out, res, K.scalar(dt, lam2), mode)
     return K.wrap(res, like)
 
 
@@ -238,7 +230,7 @@ def antibody_weights(nll_c, nll_r, *, tau=1.0):
         st["w"] = K.empty((n,), dt)
         info = K.empty((2,), dt)
         K.launch("se_weights", dt, (1,), (_pow2_threads(n, K.SE_RED),), 0, K.device(nll_c),
-                 K.device(nll_r), st["w"], info, _sc(dt, 1.0 / st["tau"]))
+                 K.device(nll_r), st["w"], info, K.scalar(dt, 1.0 / st["tau"]))
         h = info.copy_to_host()                        # THE one read
         return bool(h[0] == 0), bool(h[1] == 0)
 
@@ -273,7 +265,7 @@ def token_mean_nll(H, W, labels, b=None, *, ignore_index=-100, token_chunk=None,
     counts = K.upload(hd.counts.astype(np.int64))
     nll = K.empty((R,), hd.dt)
     nt = K.threads(R, 256)
-    K.launch("se_nll", hd.dt, (_ceil(R, nt),), (nt,), 0, sums, counts, nll)
+    K.launch("se_nll", hd.dt, (K.ceil_div(R, nt),), (nt,), 0, sums, counts, nll)
     return K.wrap(nll, H), K.wrap(counts, H)
 
 
@@ -340,7 +332,7 @@ def _labels64(y):
     else:
         st = int(y.strides[0])
         y2 = K._view(y, (1, n), (st * max(n, 1), st))
-    K.launch(_CASTS[dt], "float64", (1, _ceil(n, 32)), (1, 32) if not K.simulator() else (1, 4),
+    K.launch(_CASTS[dt], "float64", (1, K.ceil_div(n, 32)), (1, 32) if not K.simulator() else (1, 4),
              0, y2, out)
     return out[0]
 
@@ -374,14 +366,14 @@ class _Ibdr:
         K.launch("se_ibdr_fwd", dt, (B,), (nt,), 0, X, y, lse, Gm, terms, self.mode,
                  int(self.has_div))
         st = K.threads(B, SCALAR_BLOCK)
-        sgrid = (min(_ceil(B, st), 2 if K.simulator() else 65535),)
+        sgrid = (min(K.ceil_div(B, st), 2 if K.simulator() else 65535),)
         if self.has_div:
             nrm = K.empty((B, 2 * Kp + 1), "float64")
             K.launch("se_ibdr_chol", dt, sgrid, (st,), 0, Gm, nrm, terms,
                      float(self.jitter), Kp, self.mode)
         out = K.empty((7,), dt)
         K.launch("se_finish", dt, (1,), (_pow2_threads(B, K.SE_RED),), 0, terms, out,
-                 _sc(dt, self.alpha if self.mode != 2 else 0.0))
+                 K.scalar(dt, self.alpha if self.mode != 2 else 0.0))
         self.out = out
         if self.want_grad:
             dX = K.empty((Kp, B, C), dt)
@@ -390,7 +382,7 @@ class _Ibdr:
             if self.has_div:
                 K.launch("se_ibdr_inv", dt, sgrid, (st,), 0, Gm, Kp)
                 K.launch("se_ibdr_coef", dt, sgrid, (st,), 0, Gm, nrm, Cg, sk,
-                         float(self.jitter), _sc(dt, self.alpha), Kp, self.mode)
+                         float(self.jitter), K.scalar(dt, self.alpha), Kp, self.mode)
             K.launch("se_ibdr_grad", dt, (B,), (nt,), 0, X, y, lse, Cg, sk, dX, self.mode,
                      int(self.has_div))
             self.dX = dX
@@ -466,7 +458,7 @@ def prediction_distance(logits_bar_new, logits_bar_old):
                  K.device(logits_bar_new), K.device(logits_bar_old), terms)
         out = st["out"] = K.empty((7,), dt)
         K.launch("se_finish", dt, (1,), (_pow2_threads(B, K.SE_RED),), 0, terms, out,
-                 _sc(dt, 0.0))
+                 K.scalar(dt, 0.0))
         h = out.copy_to_host()                       # THE one read
         return bool(h[2] == 0), bool(h[3] == 0)
 

@@ -38,14 +38,9 @@ _KIND_XY, _KIND_XX, _KIND_YY = 0, 1, 2
 # --------------------------------------------------------------------------- helpers
 
 
-
 def _host_ints(v):
     """Lengths (a native device array, checked by ``_native``) copied to the host: B integers."""
     return K.to_numpy(K.unmeta(v))
-
-
-def _scalar(dtype: str, x: float):
-    return np.dtype(dtype).type(x)
 
 
 def _job_table(b, kind, n, m, bandwidth):
@@ -84,7 +79,7 @@ def _dp(costs, b, kind, n, m, bandwidth, nbatch: int, gamma: float, dtype: str, 
     offs = K.empty((ndiags,), "float64")
     item = np.dtype(dtype).itemsize
     nt = K.threads(wmax, K.SDTW_BLOCK)
-    g = _scalar(dtype, gamma)
+    g = K.scalar(dtype, gamma)
     C0, C1, C2 = costs
 
     def live_for(words_per_job):
@@ -184,7 +179,7 @@ def _vjp(G3, A3, B3, nb, out, lena, lenb, trans: int, mode: int, coef: float, ac
     ts = K.tile(dtype)
     K.launch("vjp_gemm", dtype, (-(-d // ts), -(-NA // ts), B), (ts, ts), 0,
              G3, A3, B3, K.dummy(2, dtype) if nb is None else nb, out, lena, lenb,
-             trans, mode, _scalar(dtype, coef), accumulate)
+             trans, mode, K.scalar(dtype, coef), accumulate)
     return out
 
 

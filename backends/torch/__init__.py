@@ -20,6 +20,7 @@ gradients with the reference's vector-Jacobian products.
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -103,6 +104,14 @@ def describe() -> str:
     return f"torch {torch.__version__}, {dev.type} ({torch.get_num_threads()} threads)"
 
 
+def sparse_csr(ptr, col, val, size):
+    """A CSR tensor from trusted parts (invariants not checked: the caller built them sorted),
+    without torch's once-per-process "sparse CSR support is in beta" notice."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+        return torch.sparse_csr_tensor(ptr, col, val, size=size, check_invariants=False)
+
+
 def read_packed(parts) -> list[np.ndarray]:
     """Read several device values with ONE device-to-host copy (the validators' value checks).
 
@@ -158,6 +167,14 @@ from backends.torch.cross_tokenizer import (  # noqa: E402
     dwa_dtw_loss_grad, dwa_gamma, dwa_kd_loss, entropy_weights, kd_divergence,
     kd_divergence_grad, kd_gate, span_sum, span_weights, tis_dpo_loss, tis_dpo_loss_grad,
 )
+from backends.torch.gnn import (  # noqa: E402
+    add_self_loops, edge_mlp_weights, focal_bce, focal_bce_grad, fuse, fuse_vjp, gat_layer,
+    gat_layer_vjp, gcn_layer, gcn_layer_vjp, gcn_norm, gin_layer, gin_layer_vjp, segment_softmax,
+    segment_softmax_vjp, to_csr,
+)
+from backends.torch.gnn_models import (  # noqa: E402
+    cluster_encoder_forward, cluster_encoder_loss, pdm_classifier_forward, to_torch_params,
+)
 from backends.torch.inf_ssm import (  # noqa: E402
     infssm_distance, infssm_distance_grad, infssm_reg_loss, infssm_reg_loss_grad,
     mamba_ac_from_scan, stein_cross_gram_diag, stein_gram_diag,
@@ -186,7 +203,7 @@ from backends.torch.softdtw import (  # noqa: E402
 
 __all__ = [
     "NAME", "DTYPES", "device", "asarray", "to_numpy", "is_native", "synchronize",
-    "reset_peak_memory", "peak_memory", "describe", "autograd_vjp", "read_packed",
+    "reset_peak_memory", "peak_memory", "describe", "autograd_vjp", "read_packed", "sparse_csr",
     "soft_dtw", "soft_dtw_grad", "sdtw_cost", "sdtw_cost_vjp", "soft_dtw_divergence",
     "soft_dtw_divergence_grad",
     "sinkhorn_log", "sinkhorn", "sinkhorn_cost", "sinkhorn_cost_grad", "sinkhorn_divergence",
@@ -208,4 +225,9 @@ __all__ = [
     "multvae_forward", "multvae_loss", "multvae_value_and_grad", "anneal_beta",
     "item_centroids", "pia_anchor_loss", "pia_anchor_grad", "gaussian_w2", "recall_at_k",
     "ndcg_at_k",
+    "to_csr", "add_self_loops", "gcn_norm", "gcn_layer", "gcn_layer_vjp", "segment_softmax",
+    "segment_softmax_vjp", "gat_layer", "gat_layer_vjp", "gin_layer", "gin_layer_vjp",
+    "edge_mlp_weights", "fuse", "fuse_vjp", "focal_bce", "focal_bce_grad",
+    "pdm_classifier_forward", "cluster_encoder_forward", "cluster_encoder_loss",
+    "to_torch_params",
 ]

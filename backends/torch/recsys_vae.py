@@ -78,7 +78,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from backends.torch import native as _native
-from backends.torch import read_packed, to_numpy
+from backends.torch import read_packed, sparse_csr, to_numpy
 from refimpl import _multvae as _ref_m
 from refimpl import _validate as V
 
@@ -212,8 +212,7 @@ class _Inter:
 
     def with_values(self, val):
         """The CSR matrix with the same pattern and new values ``val`` (nnz,)."""
-        return torch.sparse_csr_tensor(self.X.crow_indices(), self.X.col_indices(), val,
-                                       size=self.shape, check_invariants=False)
+        return sparse_csr(self.X.crow_indices(), self.X.col_indices(), val, self.shape)
 
     def matmul(self, W):
         """``X @ W`` (dense W; sparse-dense product for CSR, X never densified)."""
