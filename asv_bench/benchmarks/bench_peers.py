@@ -37,6 +37,12 @@
   n in {16, 64, 256}, m = 1024, 256, 16 (enough systems to amortise the closed form's per-call
   overhead). Every solver does the same m systems at a given n, so the
   ratio of two timings is the ratio of per-system costs.
+- Graph layers, forward + backward (issue 9, ``gnn_pdm.md`` sec. 9): ours ``gat_layer_vjp``
+  (8 heads of 8 channels, self-loops, bias) and ``gcn_layer_vjp`` (self-loops, normalised) vs
+  torch_geometric's ``GATConv(64, 8, heads=8)`` and ``GCNConv(64, 64)`` (``pyg``: forward,
+  ``backward`` of the same cotangent, gradients w.r.t. x and the weights). CPU N = 10^4,
+  E = 10^5, F = 64 fp64; GPU N = 10^6, E = 10^7, F = 64 fp32, with peak device memory (PyG's
+  GATConv gathers E x heads x C messages; ours never does).
 
 Peers are test/bench-only dependencies; a missing one is skipped with the reason.
 """
@@ -56,7 +62,10 @@ SIZES = {
     "dpo": {"cpu": [(4, 128, 256, 8192)], "gpu": [(8, 1024, 4096, 128256)]},
     "kd": {"cpu": [(4, 16, 8192)], "gpu": [(8, 512, 50257)]},
     "inf_ssm": {"cpu": [(4096, 16)], "gpu": [(1_210_368, 16)]},
+    "gat": {"cpu": [(10_000, 100_000, 64)], "gpu": [(1_000_000, 10_000_000, 64)]},
+    "gcn": {"cpu": [(10_000, 100_000, 64)], "gpu": [(1_000_000, 10_000_000, 64)]},
 }
+GAT_HEADS, GAT_C = 8, 8
 KD = dict(kind="skewed_reverse_kl", tau=2.0)
 DPO_CHUNKS = {"cpu": dict(vocab_chunk=2048), "gpu": dict(token_chunk=8192, vocab_chunk=8192)}
 BETA, RHO = 0.1, 1e-3
@@ -91,9 +100,11 @@ def _peer_module(name):
             from liger_kernel import chunked_loss as mod
         elif name in ("torch-materialised", "torch-plain", "torch-code-path"):
             import torch as mod
+        elif name == "pyg":
+            import torch_geometric.nn as mod
         else:
             import ot as mod
-        if name.endswith("torch") or name in ("pysdtw", "liger"):
+        if name.endswith("torch") or name in ("pysdtw", "liger", "pyg"):
             import torch  # noqa: F401
     except ImportError as exc:
         raise NotImplementedError(f"peer {name} is not installed: {exc}")
@@ -372,6 +383,82 @@ class InfSsmDistanceFull(_Peers):
         return call
 
 
+def _graph_inputs(rng, size, out_width, dtype):
+    """A random graph (``refimpl._cases.gnn.random_graph``), features and the cotangent."""
+    from refimpl._cases.gnn import random_graph
+
+    N, E, F = size
+    X = rng.standard_normal((N, F)).astype(dtype)
+    return X, random_graph(rng, N, E), rng.standard_normal((N, out_width)).astype(dtype)
+
+
+class _GraphLayerFull(_Peers):
+    peers = ("pyg",)
+    out_width = 64
+
+    def make_ours(self, bk, size, dtype, rng):
+        X, ei, G = _graph_inputs(rng, size, self.out_width, dtype)
+        kw = {k: H.to_backend(bk, v, dtype) for k, v in self.layer_params(rng, size[2], dtype).items()}
+        X, ei, G = (H.to_backend(bk, a, dtype) for a in (X, ei, G))
+        fn = getattr(bk, self.op)
+
+        def call():
+            out = fn(X=X, edge_index=ei, G=G, **kw)
+            bk.synchronize()
+            return out
+
+        return call
+
+    def make_peer(self, impl, size, dtype, rng):
+        pyg = _peer_module(impl)
+        import torch
+
+        dev = _torch_device(self.where)
+        X, ei, G = _graph_inputs(rng, size, self.out_width, dtype)
+        conv = self.peer_layer(pyg, size[2]).to(device=dev, dtype=getattr(torch, dtype))
+        x = torch.as_tensor(X, device=dev).requires_grad_()
+        ei, G = torch.as_tensor(ei, device=dev), torch.as_tensor(G, device=dev)
+
+        def call():
+            x.grad = None
+            conv.zero_grad(set_to_none=True)
+            conv(x, ei).backward(G)
+            _sync_torch(self.where)
+
+        return call
+
+
+class GatLayerFull(_GraphLayerFull):
+    family = "gat"
+    op = "gat_layer_vjp"
+
+    @staticmethod
+    def layer_params(rng, F, dtype):
+        h, C = GAT_HEADS, GAT_C
+        return dict(W=rng.standard_normal((F, h * C)).astype(dtype) / np.sqrt(F),
+                    a_src=rng.standard_normal((h, C)).astype(dtype),
+                    a_dst=rng.standard_normal((h, C)).astype(dtype),
+                    b=np.zeros(h * C, dtype))
+
+    @staticmethod
+    def peer_layer(pyg, F):
+        return pyg.GATConv(F, GAT_C, heads=GAT_HEADS)
+
+
+class GcnLayerFull(_GraphLayerFull):
+    family = "gcn"
+    op = "gcn_layer_vjp"
+
+    @staticmethod
+    def layer_params(rng, F, dtype):
+        return dict(W=rng.standard_normal((F, 64)).astype(dtype) / np.sqrt(F),
+                    b=np.zeros(64, dtype))
+
+    @staticmethod
+    def peer_layer(pyg, F):
+        return pyg.GCNConv(F, 64)
+
+
 class SteinPerSystemCPU:
     """Seconds for m systems of size n (the same m for every solver at a given n)."""
 
@@ -423,7 +510,8 @@ def _variant(base, where):
     attrs = dict(where=where, params=[ours + list(base.peers), SIZES[base.family][where], dtypes],
                  param_names=["impl", "size", "dtype"])
     name = {"softdtw": "soft_dtw_points", "sinkhorn": "sinkhorn_log", "dpo": "dpo_head",
-            "kd": "entropy_weighted_kd", "inf_ssm": "infssm_distance"}[base.family]
+            "kd": "entropy_weighted_kd", "inf_ssm": "infssm_distance", "gat": "gat_layer_h8",
+            "gcn": "gcn_layer"}[base.family]
     full = base.family != "sinkhorn"  # Soft-DTW and DPO forward+backward, Sinkhorn forward
     attrs[f"time_full_{name}" if full else f"time_{name}_{ITERS}it"] = _Peers.run
     if where == "gpu":
@@ -453,4 +541,9 @@ KdWeightedFullCPU = _variant(KdWeightedFull, "cpu")
 KdWeightedFullGPU = _variant(KdWeightedFull, "gpu")
 InfSsmDistanceFullCPU = _variant(InfSsmDistanceFull, "cpu")
 InfSsmDistanceFullGPU = _variant(InfSsmDistanceFull, "gpu")
+GatLayerFullCPU = _variant(GatLayerFull, "cpu")
+GatLayerFullGPU = _variant(GatLayerFull, "gpu")
+GcnLayerFullCPU = _variant(GcnLayerFull, "cpu")
+GcnLayerFullGPU = _variant(GcnLayerFull, "gpu")
 del SoftDtwPointsFull, SinkhornLogPeer, DpoHeadFull, KdWeightedFull, InfSsmDistanceFull
+del GatLayerFull, GcnLayerFull
