@@ -12,8 +12,9 @@ through a linear head and logits-SAM, arXiv 2305.18290, 2603.18258),
 2410.04350), :mod:`refimpl.inf_ssm` (Inf-SSM, arXiv 2505.18604), :mod:`refimpl.causal_discrete`
 (discrete-score causal discovery, arXiv 2601.16249) and :mod:`refimpl.safety_ensembles`
 (Antibody, arXiv 2603.00498, and IBDR, arXiv 2506.07247), :mod:`refimpl.recsys_vae` (Mult-VAE,
-arXiv 1802.05814, and PIA, arXiv 2511.06781) and :mod:`refimpl.gnn` (GCN, GAT, GIN and relation
-fusion for predictive maintenance, arXiv 2507.07298); the last five are imported on first use
+arXiv 1802.05814, and PIA, arXiv 2511.06781), :mod:`refimpl.gnn` (GCN, GAT, GIN and relation
+fusion for predictive maintenance, arXiv 2507.07298) and :mod:`refimpl.crpl` (cluster-preserving
+prompt learning with an exact OT loss, arXiv 2506.11493); the last six are imported on first use
 (``from refimpl import inf_ssm``).
 """
 

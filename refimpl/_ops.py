@@ -19,6 +19,7 @@ import numpy as np
 from refimpl._cases import Case
 from refimpl._cases import causal_graph as _cg
 from refimpl._cases import causal_score as _cs
+from refimpl._cases import crpl as _cr
 from refimpl._cases import ctpd as _ct
 from refimpl._cases import dwa_kd as _dk
 from refimpl._cases import gnn as _gn
@@ -286,6 +287,30 @@ OPS: tuple[Op, ...] = (
        grad_of="focal_bce", doc="focal BCE and its gradient w.r.t. the outputs"),
     Op("edge_mlp_weights", "gnn", _gn.PAPER, ("w",), _gn.cases_edge_mlp_weights, _gn.TOL,
        doc="PdM edge weights sigmoid(MLP(standardised attributes)) + 1e-8"),
+    Op("update_class_centroids", "crpl", _cr.PAPER, ("means", "counts"),
+       _cr.cases_update_class_centroids, _cr.TOL,
+       doc="running per-domain class centroids of the pre-norm source features"),
+    Op("crpl_reference_probs", "crpl", _cr.PAPER, ("p",), _cr.cases_crpl_reference_probs,
+       _cr.TOL, doc="CRPL reference prediction: zero-shot, source and centroid-weighted prompts"),
+    Op("soft_cross_entropy", "crpl", _cr.PAPER, ("loss",), _cr.cases_soft_cross_entropy, _cr.TOL,
+       wrt=("logits",), vjp=_cr.vjp_soft_cross_entropy, doc="mean_b -sum_k p log_softmax(logits)"),
+    Op("soft_cross_entropy_grad", "crpl", _cr.PAPER, ("dlogits",), _cr.cases_soft_cross_entropy,
+       _cr.TOL, grad_of="soft_cross_entropy", doc="(softmax(logits) - p) / B"),
+    Op("ot_cluster_loss", "crpl", _cr.PAPER, ("L_W", "P", "dT", "dZ"), _cr.cases_ot_cluster_loss,
+       _cr.TOL, host_solver=True,
+       doc="exact balanced OT between images and class texts, cost 1 - cos (host solve)"),
+    Op("crpl_target_loss", "crpl", _cr.PAPER, ("L_T", "hard_labels"), _cr.cases_crpl_target_loss,
+       _cr.TOL, wrt=("T_T",), vjp=_cr.vjp_crpl_target_loss,
+       doc="target loss: soft CE to the reference prediction (+ hard CE with OT on)"),
+    Op("crpl_loss", "crpl", _cr.PAPER, ("L",), _cr.cases_crpl_loss, _cr.TOL,
+       outputs=_cr.outputs_crpl_loss, wrt=("T_S", "T_Si", "T_T"), vjp=_cr.vjp_crpl_loss,
+       host_solver=True,
+       doc="CRPL objective L_src + lam_W L_W + lam_T L_T and its parts"),
+    Op("crpl_loss_grad", "crpl", _cr.PAPER, ("L", "dT_S", "dT_Si", "dT_T"), _cr.cases_crpl_loss,
+       _cr.TOL, outputs=_cr.outputs_crpl_loss_grad, grad_of="crpl_loss", host_solver=True,
+       doc="CRPL objective and its gradients w.r.t. the prompts' text embeddings (OT by envelope)"),
+    Op("target_accuracy", "crpl", _cr.PAPER, ("acc",), _cr.cases_target_accuracy, _cr.TOL,
+       doc="target accuracy of argmax z.t_T (the script's batch undercount, or exact)"),
 )
 
 REGISTRY: dict[str, Op] = {op.name: op for op in OPS}

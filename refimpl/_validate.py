@@ -2710,3 +2710,405 @@ def cluster_args(E, labels) -> tuple[np.ndarray, np.ndarray, int]:
                          f"{m} points; valid values are 2 to n_samples - 1 = {m - 1} "
                          f"(inclusive), as in scikit-learn")
     return np.asarray(E[keep], dtype=np.float64), codes.astype(np.int64).ravel(), K
+
+
+# ---- crpl
+#
+# CRPL (arXiv 2506.11493), reference refimpl._crpl. Shapes, dtypes and Python scalars are read
+# from metadata. The VALUE checks (unit-norm rows of z and T, finite features / centroids,
+# counts >= 0, labels in range, every source domain present) go through ONE callable per call,
+# so a GPU backend validates with one host read: ``stats(requests)`` receives a tuple of
+# ``(kind, array, param)`` triples with kind in CRPL_STAT_KINDS and returns one real number per
+# triple, in order (compute them on the device, stack them into one vector, read it once):
+#   "normdev"    max over the rows (last axis) of | ||row||_2 - 1 | (NaN if a row has NaN;
+#                0 for an empty array),
+#   "nonfinite"  the number of NaN / inf entries,
+#   "min" / "max" the smallest / largest entry (+inf / -inf for an empty array),
+#   "mincount"   min over v in [0, param) of #{entries == v} (param = S, the number of domains;
+#                entries outside [0, param) are ignored: their range check comes first).
+# All float arrays of one call share the dtype of the first float argument (float32/float64);
+# label arrays have any integer dtype.
+
+CRPL_STAT_KINDS = ("normdev", "nonfinite", "min", "max", "mincount")
+CRPL_VARIANTS = ("code", "paper")
+CRPL_ACC_VARIANTS = ("code", "exact")
+CRPL_NORM_TOL = 1e-4          # (the message below spells it as 1e-4)
+CRPL_INTS = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+
+
+def _crpl_default_stats(requests) -> tuple[float, ...]:
+    """The ``stats`` contract of this section for NumPy arrays (and torch CPU tensors)."""
+    out = []
+    for kind, x, param in requests:
+        a = np.asarray(x)
+        if kind == "normdev":
+            if a.size == 0:
+                out.append(0.0)
+            else:
+                af = a.astype(np.float64)
+                out.append(float(np.abs(np.sqrt((af * af).sum(axis=-1)) - 1.0).max()))
+        elif kind == "nonfinite":
+            out.append(float(np.count_nonzero(~np.isfinite(a))))
+        elif kind == "min":
+            out.append(float(a.min()) if a.size else math.inf)
+        elif kind == "max":
+            out.append(float(a.max()) if a.size else -math.inf)
+        elif kind == "mincount":
+            a = a.astype(np.int64).ravel()
+            a = a[(a >= 0) & (a < int(param))]   # out-of-range entries are reported before
+            out.append(float(np.bincount(a, minlength=int(param)).min()))
+        else:
+            raise ValueError(f"unknown stat kind {kind!r}; expected one of {CRPL_STAT_KINDS}")
+    return tuple(out)
+
+
+def _crpl_run(checks: list, stats: Callable | None) -> None:
+    """``checks``: list of ``(kind, array, param, ok(value) -> bool, message(value) -> str)``;
+    ONE ``stats`` call for all of them, the first failing check raises ValueError. Checks whose
+    value depends on an earlier one (``mincount`` after the range of the same labels) are only
+    reported after it."""
+    if not checks:
+        return
+    values = (stats or _crpl_default_stats)(tuple((k, x, p) for k, x, p, _, _ in checks))
+    for (_, _, _, ok, msg), v in zip(checks, values):
+        v = float(v)
+        if not ok(v):
+            raise ValueError(msg(v))
+
+
+def _crpl_shape(x) -> tuple[int, ...]:
+    return tuple(int(s) for s in x.shape)
+
+
+def _crpl_unit(x, name: str) -> tuple:
+    return ("normdev", x, None, lambda v: v <= CRPL_NORM_TOL,
+            lambda v: f"{name} must have unit-norm rows (|norm - 1| <= 1e-4); "
+                      f"max deviation {v:.3g}")
+
+
+def _crpl_finite(x, name: str) -> tuple:
+    return ("nonfinite", x, None, lambda v: v == 0,
+            lambda v: f"{name} contains NaN or inf ({int(v)} entries)")
+
+
+def _crpl_range(y, name: str, hi: int, what: str, lo: int = 0) -> list:
+    return [("min", y, None, lambda v: v >= lo,
+             lambda v: f"{name} must hold {what} in [{lo}, {hi}), got a minimum of {int(v)}"),
+            ("max", y, None, lambda v: v < hi,
+             lambda v: f"{name} must hold {what} in [{lo}, {hi}), got a maximum of {int(v)}")]
+
+
+def _crpl_float(x, name: str, ndims: tuple[int, ...], ref_name: str | None = None, ref=None
+                ) -> tuple[int, ...]:
+    float_array(x, name, ndims=ndims)
+    if ref is not None:
+        same_dtype(ref_name, ref, name, x)
+    return _crpl_shape(x)
+
+
+def _crpl_ints(y, name: str, n: int, ref_name: str, what: str) -> None:
+    if not hasattr(y, "shape") or not hasattr(y, "dtype"):
+        raise TypeError(f"{name} must be an integer array ({what}), got {type(y).__name__}")
+    if dtype_name(y) not in CRPL_INTS:
+        raise TypeError(f"{name} must be an integer array ({what}), got dtype {dtype_name(y)}")
+    if len(y.shape) != 1 or int(y.shape[0]) != n:
+        raise ValueError(f"{name} must have shape ({n},) (one per row of {ref_name}), got "
+                         f"{_crpl_shape(y)}")
+
+
+def _crpl_batch(x, name: str) -> tuple[int, int]:
+    """A (B, D) embedding batch, B >= 1 (the empty batch is refused), D >= 1."""
+    B, D = _crpl_shape(x)
+    if B < 1:
+        raise ValueError(f"{name} has an empty batch (B = 0); B >= 1 is needed")
+    if D < 1:
+        raise ValueError(f"{name} must have D >= 1 features, got shape {(B, D)}")
+    return B, D
+
+
+def _crpl_text(T, name: str, D: int, z_name: str, z, K: int | None = None,
+               K_name: str = "") -> int:
+    """A (K, D) text-embedding matrix of z's dtype, K >= 1, D matching z; K matching K_name's."""
+    K_T, D_T = _crpl_float(T, name, (2,), z_name, z)
+    if D_T != D:
+        raise ValueError(f"{name} must have D = {D} columns (the feature dim of {z_name}), got "
+                         f"shape {(K_T, D_T)}")
+    if K_T < 1:
+        raise ValueError(f"{name} must have K >= 1 classes, got shape {(K_T, D_T)}")
+    if K is not None and K_T != K:
+        raise ValueError(f"{name} has K = {K_T} classes but {K_name} has K = {K}; the class "
+                         f"counts must match")
+    return K_T
+
+
+def _crpl_bool(v, name: str) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
+    return bool(v)
+
+
+def crpl_centroid_args(means, counts, feats, labels, domains,
+                       stats: Callable | None = None) -> tuple[int, int, int, int]:
+    """``update_class_centroids``: means (S, K, D) float finite, counts (S, K) of means' dtype,
+    finite and >= 0, feats (N, D) finite (pre-norm features; N >= 1), labels (N,) int in
+    [0, K), domains (N,) int in [0, S). Returns (S, K, D, N)."""
+    S, K, D = _crpl_float(means, "means", (3,))
+    if S < 1 or K < 1 or D < 1:
+        raise ValueError(f"means must have shape (S, K, D) with S, K, D >= 1, got {(S, K, D)}")
+    if _crpl_float(counts, "counts", (2,), "means", means) != (S, K):
+        raise ValueError(f"counts must have shape (S, K) = {(S, K)} (one per centroid of means), "
+                         f"got {_crpl_shape(counts)}")
+    N, D_f = _crpl_float(feats, "feats", (2,), "means", means)
+    if N < 1:
+        raise ValueError("feats has an empty batch (N = 0); N >= 1 is needed")
+    if D_f != D:
+        raise ValueError(f"feats must have D = {D} columns (the feature dim of means), got "
+                         f"shape {(N, D_f)}")
+    _crpl_ints(labels, "labels", N, "feats", "class indices")
+    _crpl_ints(domains, "domains", N, "feats", "source-domain indices")
+    checks = [_crpl_finite(means, "means"), _crpl_finite(counts, "counts"),
+              ("min", counts, None, lambda v: v >= 0,
+               lambda v: f"counts must be >= 0 (numbers of features seen), got a minimum of {v}"),
+              _crpl_finite(feats, "feats")]
+    checks += _crpl_range(labels, "labels", K, "class indices")
+    checks += _crpl_range(domains, "domains", S, "source-domain indices")
+    _crpl_run(checks, stats)
+    return S, K, D, N
+
+
+def crpl_probs_args(z, u, T_base, T_S, T_Si, centroids, counts, gamma, scale, variant,
+                    stats: Callable | None = None) -> tuple[int, int, int, int, float, float, str]:
+    """``crpl_reference_probs``: z (B, D) unit rows, u (B, D) finite (pre-norm features),
+    T_base, T_S (K, D) unit rows; multi-source: T_Si (S, K, D) unit rows, centroids (S, K, D)
+    finite, counts (S, K) finite >= 0 (both required); source-combined: T_Si, centroids and
+    counts None. gamma, scale > 0 finite; variant in CRPL_VARIANTS. Returns
+    (B, K, D, S (0 = source-combined), gamma, scale, variant)."""
+    _crpl_float(z, "z", (2,))
+    B, D = _crpl_batch(z, "z")
+    if _crpl_float(u, "u", (2,), "z", z) != (B, D):
+        raise ValueError(f"u must have the shape of z {(B, D)} (the pre-norm features of the "
+                         f"same images), got {_crpl_shape(u)}")
+    K = _crpl_text(T_base, "T_base", D, "z", z)
+    _crpl_text(T_S, "T_S", D, "z", z, K, "T_base")
+    gamma = positive_float(gamma, "gamma")
+    scale = positive_float(scale, "scale")
+    choice(variant, "variant", CRPL_VARIANTS)
+    checks = [_crpl_unit(z, "z"), _crpl_finite(u, "u"), _crpl_unit(T_base, "T_base"),
+              _crpl_unit(T_S, "T_S")]
+    S = 0
+    if T_Si is None:
+        if centroids is not None or counts is not None:
+            raise ValueError("centroids and counts are used only in multi-source mode (T_Si "
+                             "given); pass None for them in source-combined mode (T_Si=None)")
+    else:
+        S, K_i, D_i = _crpl_float(T_Si, "T_Si", (3,), "z", z)
+        if S < 1:
+            raise ValueError(f"T_Si must have S >= 1 source domains, got shape {(S, K_i, D_i)}")
+        if D_i != D:
+            raise ValueError(f"T_Si must have D = {D} features (the feature dim of z), got shape "
+                             f"{(S, K_i, D_i)}")
+        if K_i != K:
+            raise ValueError(f"T_Si has K = {K_i} classes but T_base has K = {K}; the class "
+                             f"counts must match")
+        if centroids is None or counts is None:
+            raise ValueError("centroids (S, K, D) and counts (S, K) are required in multi-source "
+                             "mode (T_Si given); see update_class_centroids")
+        if _crpl_float(centroids, "centroids", (3,), "z", z) != (S, K, D):
+            raise ValueError(f"centroids must have shape (S, K, D) = {(S, K, D)} (as T_Si), got "
+                             f"{_crpl_shape(centroids)}")
+        if _crpl_float(counts, "counts", (2,), "z", z) != (S, K):
+            raise ValueError(f"counts must have shape (S, K) = {(S, K)}, got "
+                             f"{_crpl_shape(counts)}")
+        checks += [_crpl_unit(T_Si, "T_Si"), _crpl_finite(centroids, "centroids"),
+                   _crpl_finite(counts, "counts"),
+                   ("min", counts, None, lambda v: v >= 0,
+                    lambda v: f"counts must be >= 0 (numbers of features seen), got a minimum "
+                              f"of {v}")]
+    _crpl_run(checks, stats)
+    return B, K, D, S, gamma, scale, variant
+
+
+def crpl_sce_args(logits, p, stats: Callable | None = None) -> tuple[int, int]:
+    """``soft_cross_entropy(_grad)``: logits (B, K) float finite, B >= 1, K >= 1; p of the same
+    shape and dtype, finite (soft targets; rows on the simplex in the method). Returns (B, K)."""
+    _crpl_float(logits, "logits", (2,))
+    B, K = _crpl_shape(logits)
+    if B < 1:
+        raise ValueError("logits has an empty batch (B = 0); B >= 1 is needed")
+    if K < 1:
+        raise ValueError(f"logits must have K >= 1 classes, got shape {(B, K)}")
+    if _crpl_float(p, "p", (2,), "logits", logits) != (B, K):
+        raise ValueError(f"p must have the shape of logits {(B, K)} (one soft target per row), "
+                         f"got {_crpl_shape(p)}")
+    _crpl_run([_crpl_finite(logits, "logits"), _crpl_finite(p, "p")], stats)
+    return B, K
+
+
+def crpl_ot_args(Z, T, stats: Callable | None = None) -> tuple[int, int, int]:
+    """``ot_cluster_loss``: Z (B, D), T (K, D) of one float dtype, unit-norm rows (the cost
+    1 - Z T^T assumes it), B, K >= 1. Returns (B, K, D)."""
+    _crpl_float(Z, "Z", (2,))
+    B, D = _crpl_batch(Z, "Z")
+    K = _crpl_text(T, "T", D, "Z", Z)
+    _crpl_run([_crpl_unit(Z, "Z"), _crpl_unit(T, "T")], stats)
+    return B, K, D
+
+
+def _crpl_target_checks(z, T_T, p, z_name: str) -> tuple[int, int, int, bool, list]:
+    """Shape/dtype checks of the target branch; returns (B, K, D, baseline, value checks)."""
+    _crpl_float(z, z_name, (2,))
+    B, D = _crpl_batch(z, z_name)
+    K = _crpl_text(T_T, "T_T", D, z_name, z)
+    if not hasattr(p, "shape") or not hasattr(p, "dtype"):
+        raise TypeError(f"p must be an array: soft targets (B, K) float or CLIP pseudo-labels "
+                        f"(B,) int (-1 = unlabelled), got {type(p).__name__}")
+    checks = [_crpl_unit(z, z_name), _crpl_unit(T_T, "T_T")]
+    if dtype_name(p) in CRPL_INTS:
+        if len(p.shape) != 1 or int(p.shape[0]) != B:
+            raise ValueError(f"p (integer pseudo-labels) must have shape ({B},) (one per row of "
+                             f"{z_name}), got {_crpl_shape(p)}")
+        checks += _crpl_range(p, "p", K, "pseudo-labels (-1 = unlabelled)", lo=-1)
+        return B, K, D, True, checks
+    if dtype_name(p) not in FLOATS:
+        raise TypeError(f"p must be soft targets (B, K) of {z_name}'s dtype or integer "
+                        f"pseudo-labels (B,), got dtype {dtype_name(p)}")
+    same_dtype(z_name, z, "p", p)
+    if _crpl_shape(p) != (B, K):
+        raise ValueError(f"p (soft targets) must have shape (B, K) = {(B, K)} ({z_name}'s rows, "
+                         f"T_T's classes), got {_crpl_shape(p)}")
+    checks.append(_crpl_finite(p, "p"))
+    return B, K, D, False, checks
+
+
+def crpl_target_args(z, T_T, p, scale, use_ot, stats: Callable | None = None
+                     ) -> tuple[int, int, int, float, bool, bool]:
+    """``crpl_target_loss``: z (B, D) unit rows, T_T (K, D) unit rows; p soft (B, K) float
+    finite, or integer pseudo-labels (B,) in [-1, K) (the baseline branch); scale > 0 finite;
+    use_ot a bool. Returns (B, K, D, scale, use_ot, baseline)."""
+    scale = positive_float(scale, "scale")
+    use_ot = _crpl_bool(use_ot, "use_ot")
+    B, K, D, baseline, checks = _crpl_target_checks(z, T_T, p, "z")
+    _crpl_run(checks, stats)
+    return B, K, D, scale, use_ot, baseline
+
+
+def crpl_loss_args(z_src, y_src, dom_src, z_tgt, T_S, T_Si, T_T, p, scale, lam_W, lam_T, use_ot,
+                   stats: Callable | None = None) -> tuple:
+    """``crpl_loss(_grad)``: z_src (N, D) unit rows, y_src (N,) int in [0, K); z_tgt (B, D)
+    unit rows; T_S, T_T (K, D) unit rows; multi-source: T_Si (S, K, D) unit rows and dom_src
+    (N,) int in [0, S) with every domain present (its CE is a mean over its rows); source-
+    combined (T_Si None): dom_src None or an (N,) int array (unused); p as in
+    :func:`crpl_target_args`; scale > 0, lam_W, lam_T >= 0 finite; use_ot a bool.
+    Returns (N, B, K, D, S (0 = source-combined), scale, lam_W, lam_T, use_ot, baseline)."""
+    scale = positive_float(scale, "scale")
+    lam_W = nonneg_float(lam_W, "lam_W")
+    lam_T = nonneg_float(lam_T, "lam_T")
+    for v, name in ((lam_W, "lam_W"), (lam_T, "lam_T")):
+        if not math.isfinite(v):
+            raise ValueError(f"{name} must be finite, got {v}")
+    use_ot = _crpl_bool(use_ot, "use_ot")
+    _crpl_float(z_src, "z_src", (2,))
+    N, D = _crpl_batch(z_src, "z_src")
+    K = _crpl_text(T_S, "T_S", D, "z_src", z_src)
+    _crpl_ints(y_src, "y_src", N, "z_src", "class indices")
+    _crpl_float(z_tgt, "z_tgt", (2,), "z_src", z_src)
+    B, K_T, D_T, baseline, tchecks = _crpl_target_checks(z_tgt, T_T, p, "z_tgt")
+    if D_T != D:
+        raise ValueError(f"z_tgt must have D = {D} features (the feature dim of z_src), got "
+                         f"shape {(B, D_T)}")
+    if K_T != K:
+        raise ValueError(f"T_T has K = {K_T} classes but T_S has K = {K}; the class counts must "
+                         f"match")
+    same_dtype("z_src", z_src, "T_T", T_T)
+    checks = [_crpl_unit(z_src, "z_src"), _crpl_unit(T_S, "T_S")]
+    checks += _crpl_range(y_src, "y_src", K, "class indices")
+    S = 0
+    if T_Si is None:
+        if dom_src is not None:
+            _crpl_ints(dom_src, "dom_src", N, "z_src", "source-domain indices")
+    else:
+        S, K_i, D_i = _crpl_float(T_Si, "T_Si", (3,), "z_src", z_src)
+        if S < 1:
+            raise ValueError(f"T_Si must have S >= 1 source domains, got shape {(S, K_i, D_i)}")
+        if D_i != D:
+            raise ValueError(f"T_Si must have D = {D} features (the feature dim of z_src), got "
+                             f"shape {(S, K_i, D_i)}")
+        if K_i != K:
+            raise ValueError(f"T_Si has K = {K_i} classes but T_S has K = {K}; the class counts "
+                             f"must match")
+        if dom_src is None:
+            raise ValueError("dom_src (N,) is required in multi-source mode (T_Si given): the "
+                             "source domain of each row of z_src")
+        _crpl_ints(dom_src, "dom_src", N, "z_src", "source-domain indices")
+        checks.append(_crpl_unit(T_Si, "T_Si"))
+        checks += _crpl_range(dom_src, "dom_src", S, "source-domain indices")
+        checks.append(("mincount", dom_src, S, lambda v: v >= 1,
+                       lambda v: f"every source domain must appear in the source batch when "
+                                 f"T_Si is given (its CE is a mean over its rows); dom_src "
+                                 f"misses at least one of the S = {S} domains"))
+    checks += tchecks
+    _crpl_run(checks, stats)
+    return N, B, K, D, S, scale, lam_W, lam_T, use_ot, baseline
+
+
+def crpl_acc_args(z, T_list, labels, batch_size, variant, stats: Callable | None = None
+                  ) -> tuple[int, int, int, int, int, str]:
+    """``target_accuracy``: z (n, D) float finite, n >= 1; T_list a (K, D) array, an (M, K, D)
+    stack, or a non-empty list/tuple of (K, D) arrays of z's dtype, finite (averaged prompts
+    need not be unit-norm, nor z: only argmax_k z . t_k is used); labels (n,) int in [0, K);
+    batch_size an int >= 1; variant in CRPL_ACC_VARIANTS. Returns (n, K, D, M, batch_size,
+    variant)."""
+    _crpl_float(z, "z", (2,))
+    n, D = _crpl_batch(z, "z")
+    batch_size = positive_int(batch_size, "batch_size")
+    choice(variant, "variant", CRPL_ACC_VARIANTS)
+    if isinstance(T_list, (list, tuple)):
+        if len(T_list) == 0:
+            raise ValueError("T_list must hold at least one (K, D) text-embedding matrix")
+        items = [(f"T_list[{j}]", T) for j, T in enumerate(T_list)]
+    else:
+        float_array(T_list, "T_list", ndims=(2, 3))
+        if len(T_list.shape) == 3:
+            if int(T_list.shape[0]) < 1:
+                raise ValueError("T_list must hold at least one (K, D) text-embedding matrix")
+        items = [("T_list", T_list)]
+    K = None
+    for name, T in items:
+        float_array(T, name, ndims=(2,) if len(items) > 1 or isinstance(T_list, (list, tuple))
+                    else (2, 3))
+        same_dtype("z", z, name, T)
+        K_T, D_T = _crpl_shape(T)[-2:]
+        if D_T != D:
+            raise ValueError(f"{name} must have D = {D} columns (the feature dim of z), got shape "
+                             f"{_crpl_shape(T)}")
+        if K_T < 1:
+            raise ValueError(f"{name} must have K >= 1 classes, got shape {_crpl_shape(T)}")
+        if K is not None and K_T != K:
+            raise ValueError(f"{name} has K = {K_T} classes but T_list[0] has K = {K}; the "
+                             f"class counts must match")
+        K = K_T
+    M = len(items) if len(items) > 1 or isinstance(T_list, (list, tuple)) else (
+        int(T_list.shape[0]) if len(T_list.shape) == 3 else 1)
+    _crpl_ints(labels, "labels", n, "z", "class indices")
+    checks = [_crpl_finite(z, "z")] + [_crpl_finite(T, name) for name, T in items]
+    checks += _crpl_range(labels, "labels", K, "class indices")
+    _crpl_run(checks, stats)
+    return n, K, D, M, batch_size, variant
+
+
+def crpl_pseudo_args(z, T_base, threshold, scale, stats: Callable | None = None
+                     ) -> tuple[int, int, int, float, float]:
+    """``clip_pseudo_labels``: z (B, D), T_base (K, D) of one float dtype, unit-norm rows;
+    threshold in [0, 1]; scale > 0 finite. Returns (B, K, D, threshold, scale)."""
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
+        raise TypeError(f"threshold must be a real number in [0, 1], got "
+                        f"{type(threshold).__name__}")
+    threshold = float(threshold)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1] (a softmax confidence), got {threshold}")
+    scale = positive_float(scale, "scale")
+    _crpl_float(z, "z", (2,))
+    B, D = _crpl_batch(z, "z")
+    K = _crpl_text(T_base, "T_base", D, "z", z)
+    _crpl_run([_crpl_unit(z, "z"), _crpl_unit(T_base, "T_base")], stats)
+    return B, K, D, threshold, scale

@@ -12,6 +12,11 @@ from refimpl.cross_tokenizer import (  # noqa: F401
     dwa_dtw_loss_grad, dwa_gamma, dwa_kd_loss, entropy_weights, kd_divergence, kd_divergence_grad,
     kd_gate, span_align, span_sum, span_weights, tis_dpo_loss, tis_dpo_loss_grad,
 )
+from refimpl.crpl import (  # noqa: F401
+    clip_pseudo_labels, crpl_loss, crpl_loss_grad, crpl_reference_probs, crpl_target_loss,
+    ot_cluster_loss, soft_cross_entropy, soft_cross_entropy_grad, target_accuracy,
+    update_class_centroids,
+)
 from refimpl.gnn import (  # noqa: F401
     add_self_loops, edge_mlp_weights, focal_bce, focal_bce_grad, fuse, fuse_vjp, gat_layer,
     gat_layer_vjp, gcn_layer, gcn_layer_vjp, gcn_norm, gin_layer, gin_layer_vjp, segment_softmax,
