@@ -256,14 +256,15 @@ class Smem:
 def patch_backend(monkeypatch, emulator: Emulator) -> types.SimpleNamespace:
     """Every module of ``backends.cupy`` with NumPy for CuPy and the emulator for the GPU:
     ``SimpleNamespace(sd=softdtw, ot=ot, pref=preference, ct=cross_tokenizer, iss=inf_ssm,
-    cd=causal_discrete, se=safety_ensembles, rv=recsys_vae, gnn=gnn, calls=emulator.calls,
-    bk=backends.cupy, reads=[...])``, ``reads`` the shapes of the ``asnumpy`` (device-to-host)
+    cd=causal_discrete, se=safety_ensembles, rv=recsys_vae, gnn=gnn, crpl=crpl,
+    calls=emulator.calls, bk=backends.cupy, reads=[...])``, ``reads`` the shapes of the ``asnumpy`` (device-to-host)
     reads since."""
     import scipy.linalg
     import scipy.special
 
     import backends.cupy as package
     import backends.cupy.causal_discrete as bcd
+    import backends.cupy.crpl as bcrpl
     import backends.cupy.cross_tokenizer as bct
     import backends.cupy.gnn as bgnn
     import backends.cupy.inf_ssm as biss
@@ -282,7 +283,7 @@ def patch_backend(monkeypatch, emulator: Emulator) -> types.SimpleNamespace:
 
     monkeypatch.setattr(fake, "asnumpy", counted, raising=False)
     monkeypatch.setattr(package, "cupy", fake)  # is_native (the mixed-backend check) lives here
-    for mod in (bsd, bot, bpref, bct, biss, bcd, bse, brv, bgnn):
+    for mod in (bsd, bot, bpref, bct, biss, bcd, bse, brv, bgnn, bcrpl):
         monkeypatch.setattr(mod, "cupy", fake)
     # cupyx.scipy (special, linalg, errstate) of the causal module: SciPy, no error state
     monkeypatch.setattr(bcd, "_library", lambda: (scipy.special, scipy.linalg,
@@ -292,7 +293,8 @@ def patch_backend(monkeypatch, emulator: Emulator) -> types.SimpleNamespace:
     monkeypatch.setattr(K, "reserve_dynamic_smem", lambda name, nbytes: None)
     emulator.calls.clear()
     return types.SimpleNamespace(sd=bsd, ot=bot, pref=bpref, ct=bct, iss=biss, cd=bcd, se=bse,
-                                 rv=brv, gnn=bgnn, calls=emulator.calls, bk=package, reads=reads)
+                                 rv=brv, gnn=bgnn, crpl=bcrpl, calls=emulator.calls, bk=package,
+                                 reads=reads)
 
 
 # --------------------------------------------------------------------------- GPU fixtures

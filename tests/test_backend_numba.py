@@ -294,7 +294,8 @@ def test_sim_every_launch_matches_a_compiled_signature(nb, monkeypatch, dtype):
     # tests/test_backend_numba_causal_discrete.py; the safety_ensembles se_* kernels in
     # tests/test_backend_numba_safety_ensembles.py
     listed = {name for name in K._SIGNATURES
-              if not name.startswith(("pref_", "ct_", "iss_", "cd_", "se_", "rv_", "gnn_"))}
+              if not name.startswith(("pref_", "ct_", "iss_", "cd_", "se_", "rv_", "gnn_",
+                                      "crpl_"))}
     assert {name for name, _, _ in K.RECORD} == listed, "a listed kernel never ran"
 
 

@@ -24,21 +24,14 @@ from backends.numba_cuda import _kernels as K  # noqa: E402
 from backends.numba_cuda import safety_ensembles as S  # noqa: E402
 
 from numba_sim import assert_launches_conform, count_host_reads  # noqa: E402
+from numba_sim import to_dev as _d  # noqa: E402
+from numba_sim import to_host as _h  # noqa: E402
 from numba_sim import GPU_REASON, ON_GPU, nb, sim_only  # noqa: E402,F401
 from numba_sim import raises_like_reference  # noqa: E402
 from numba_sim import rng_for as _rng  # noqa: E402
 
 KERNELS = [n for n in K._SIGNATURES if n.startswith("se_")]
 TOL = {"float64": dict(rtol=1e-10, atol=1e-12), "float32": dict(rtol=5e-4, atol=1e-5)}
-
-
-def _d(bk, a, dt="float64"):
-    a = np.asarray(a)
-    return bk.asarray(a.astype(dt) if a.dtype.kind == "f" else a)
-
-
-def _h(bk, x):
-    return np.asarray(bk.to_numpy(x), dtype=np.float64)
 
 
 def test_public_functions_have_the_reference_signatures():

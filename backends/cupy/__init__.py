@@ -99,6 +99,11 @@ def describe() -> str:
 from backends.cupy.causal_discrete import (  # noqa: E402
     ci_test_batch, discrete_score_plugin, gsm_marginal_loss, leaf_statistic, stein_hessian_diag,
 )
+from backends.cupy.crpl import (  # noqa: E402
+    clip_pseudo_labels, crpl_loss, crpl_loss_grad, crpl_reference_probs, crpl_target_loss,
+    ot_cluster_loss, soft_cross_entropy, soft_cross_entropy_grad, target_accuracy,
+    update_class_centroids,
+)
 from backends.cupy.cross_tokenizer import (  # noqa: E402
     certainty_weights, cma_band_penalty, ctpd_loss, ctpd_loss_grad, dwa_dtw_loss,
     dwa_dtw_loss_grad, entropy_weights, kd_divergence, kd_divergence_grad, kd_gate, span_sum,
@@ -161,4 +166,7 @@ __all__ = [
     "to_csr", "add_self_loops", "gcn_norm", "gcn_layer", "gcn_layer_vjp", "segment_softmax",
     "segment_softmax_vjp", "gat_layer", "gat_layer_vjp", "gin_layer", "gin_layer_vjp",
     "edge_mlp_weights", "fuse", "fuse_vjp", "focal_bce", "focal_bce_grad",
+    "update_class_centroids", "crpl_reference_probs", "soft_cross_entropy",
+    "soft_cross_entropy_grad", "ot_cluster_loss", "crpl_target_loss", "crpl_loss", "crpl_loss_grad",
+    "clip_pseudo_labels", "target_accuracy",
 ]

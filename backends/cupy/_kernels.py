@@ -2224,6 +2224,197 @@ __device__ __forceinline__ void gnn_softmax_bwd(const long long* __restrict__ pt
 }
 """
 
+_CRPL = r"""
+// ---------------------------------------------------------------- crpl (clip_uda_ot.md secs. 2-4)
+// CRPL (arXiv 2506.11493). ONE WARP PER ROW b (warps grid-stride over rows; blocks are
+// multiples of 32 threads and every lane of a warp runs the same row loop, so the xor
+// butterflies below always see full warps); lane j visits the classes k = j, j + 32, ... in
+// increasing order. The (max, sum-exp) merge, the sums and the (value, first index) argmax
+// merge are commutative, so every lane ends with the same bits. Accumulation in T.
+
+#define CRPL_FULL 0xffffffffu
+
+template <typename T>
+__device__ __forceinline__ void crpl_merge(T& m, T& s, T m2, T s2) {
+  if (!(m2 > -RiNum<T>::inf())) return;
+  if (!(m > -RiNum<T>::inf())) { m = m2; s = s2; return; }
+  if (m2 > m) { s = s * RiNum<T>::ex(m - m2) + s2; m = m2; }
+  else s = s + s2 * RiNum<T>::ex(m2 - m);
+}
+
+template <typename T>
+__device__ __forceinline__ void crpl_online(T& m, T& s, T v) {
+  if (v > m) { s = s * RiNum<T>::ex(m - v) + (T)1; m = v; }
+  else s += RiNum<T>::ex(v - m);
+}
+
+template <typename T>
+__device__ __forceinline__ T crpl_warp_lse(T m, T s) {
+  for (int off = 16; off > 0; off >>= 1) {
+    const T m2 = __shfl_xor_sync(CRPL_FULL, m, off);
+    const T s2 = __shfl_xor_sync(CRPL_FULL, s, off);
+    crpl_merge(m, s, m2, s2);
+  }
+  return m + RiNum<T>::lg(s);
+}
+
+template <typename T>
+__device__ __forceinline__ T crpl_warp_sum(T v) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(CRPL_FULL, v, off);
+  return v;
+}
+
+// Reference probabilities (spec sec. 2). G (B, (2 + S) K) = z [T_base; T_S; T_Si]^T (cosines);
+// UC (B, S K) = u c^T; uu (B,) = ||u_b||^2; cc (S K,) = ||c_ik||^2; counts (S, K).
+// full = S > 0 and every counts[i, k] > 0 (decided on the device by each warp: no host read).
+//   D_i = uu_b + cc_ik - 2 uc_bik,  a_i = -gamma D_i,  w_i = exp(a_i - max a) / sum exp(. - max a)
+//   full:     l_bk = (cb1 G_base + cs1 G_S + ci1 sum_i w_i G_Si) / div1
+//   not full: l_bk = (cb0 G_base + cs0 G_S) / div0
+//   P_bk = softmax_k(scale l_b)  (P holds scale * l between the two sweeps).
+template <typename T>
+__device__ __forceinline__ void crpl_probs_rows(const T* __restrict__ G, const T* __restrict__ UC,
+                                                const T* __restrict__ uu, const T* __restrict__ cc,
+                                                const T* __restrict__ counts, long long B, int K,
+                                                int S, T gamma, T scale, T cb1, T cs1, T ci1,
+                                                T div1, T cb0, T cs0, T div0, T* __restrict__ P) {
+  const int lane = threadIdx.x & 31;
+  const long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const long long nwarp = ((long long)gridDim.x * blockDim.x) >> 5;
+  const T inf = RiNum<T>::inf();
+  int bad = S > 0 ? 0 : 1;
+  for (int j = lane; j < S * K; j += 32)
+    if (!(counts[j] > (T)0)) bad = 1;
+  for (int off = 16; off > 0; off >>= 1) bad |= __shfl_xor_sync(CRPL_FULL, bad, off);
+  const bool full = bad == 0;
+  const long long ldg = (long long)(2 + S) * K;
+  for (long long b = warp; b < B; b += nwarp) {
+    const T* __restrict__ g = G + b * ldg;
+    const T* __restrict__ uc = UC + b * (long long)S * K;
+    T* __restrict__ p = P + b * (long long)K;
+    T m = -inf, s = (T)0;
+    for (int k = lane; k < K; k += 32) {
+      T l;
+      if (full) {
+        T am = -inf;
+        for (int i = 0; i < S; ++i) {
+          const T a = -gamma * (uu[b] + cc[i * K + k] - (T)2 * uc[i * K + k]);
+          am = a > am ? a : am;
+        }
+        T ws = (T)0, wg = (T)0;
+        for (int i = 0; i < S; ++i) {
+          const T a = -gamma * (uu[b] + cc[i * K + k] - (T)2 * uc[i * K + k]);
+          const T e = RiNum<T>::ex(a - am);
+          ws += e;
+          wg += e * g[(long long)(2 + i) * K + k];
+        }
+        l = (cb1 * g[k] + cs1 * g[K + k] + ci1 * (wg / ws)) / div1;
+      } else {
+        l = (cb0 * g[k] + cs0 * g[K + k]) / div0;
+      }
+      const T x = scale * l;
+      p[k] = x;
+      crpl_online(m, s, x);
+    }
+    const T lse = crpl_warp_lse(m, s);
+    for (int k = lane; k < K; k += 32) p[k] = RiNum<T>::ex(p[k] - lse);
+  }
+}
+
+// Cross-entropy rows (spec sec. 4). G (B, K) cosines (logits with sa = 1); per row b:
+//   xa = sa g, lse_a = logsumexp_k xa;  term_a = sum_k P_bk (lse_a - xa_k)    (has_p: soft CE)
+//                                        = lse_a - xa_{y_b} if y_b >= 0, else 0 (has_y: CE)
+//                                        = 0                                (neither)
+//   lab_b = argmax_k g_bk (first index on ties);
+//   hard:  xh = sh g, lse_h = logsumexp_k xh, term_h = lse_h - xh_{lab_b}; else term_h = 0.
+//   sp = sum_k P_bk (has_p), else 1.
+// rowout (B, 5): term_a, term_h, lse_a, lse_h, sp.
+template <typename T>
+__device__ __forceinline__ void crpl_ce_rows(const T* __restrict__ G, long long B, int K,
+                                             const T* __restrict__ P, int has_p,
+                                             const long long* __restrict__ y, int has_y, T sa,
+                                             int hard, T sh, T* __restrict__ rowout,
+                                             long long* __restrict__ lab) {
+  const int lane = threadIdx.x & 31;
+  const long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const long long nwarp = ((long long)gridDim.x * blockDim.x) >> 5;
+  const T inf = RiNum<T>::inf();
+  for (long long b = warp; b < B; b += nwarp) {
+    const T* __restrict__ g = G + b * (long long)K;
+    T ma = -inf, ssa = (T)0, mh = -inf, ssh = (T)0, bv = -inf;
+    int bi = K;
+    for (int k = lane; k < K; k += 32) {
+      const T v = g[k];
+      crpl_online(ma, ssa, sa * v);
+      if (hard) crpl_online(mh, ssh, sh * v);
+      if (bi == K || v > bv) { bv = v; bi = k; }
+    }
+    const T lse_a = crpl_warp_lse(ma, ssa);
+    const T lse_h = hard ? crpl_warp_lse(mh, ssh) : (T)0;
+    for (int off = 16; off > 0; off >>= 1) {
+      const T v2 = __shfl_xor_sync(CRPL_FULL, bv, off);
+      const int i2 = __shfl_xor_sync(CRPL_FULL, bi, off);
+      if (i2 < K && (bi == K || v2 > bv || (v2 == bv && i2 < bi))) { bv = v2; bi = i2; }
+    }
+    T ta = (T)0, sp = (T)1;
+    if (has_p) {
+      const T* __restrict__ p = P + b * (long long)K;
+      T ps = (T)0;
+      for (int k = lane; k < K; k += 32) {
+        ta += p[k] * (lse_a - sa * g[k]);
+        ps += p[k];
+      }
+      ta = crpl_warp_sum(ta);
+      sp = crpl_warp_sum(ps);
+    } else if (has_y) {
+      const long long yb = y[b];
+      ta = yb >= 0 ? lse_a - sa * g[yb] : (T)0;
+    }
+    if (lane == 0) {
+      rowout[5 * b] = ta;
+      rowout[5 * b + 1] = hard ? lse_h - sh * g[bi] : (T)0;
+      rowout[5 * b + 2] = lse_a;
+      rowout[5 * b + 3] = lse_h;
+      rowout[5 * b + 4] = sp;
+      lab[b] = (long long)bi;
+    }
+  }
+}
+
+// Gradient of  mult * sum_b (coef_b0 term_a,b + coef_b1 term_h,b)  w.r.t. G (rowout and lab from
+// crpl_ce_rows on the same inputs; coef (B, 2) on the device, 0 for rows that do not count):
+//   dG_bk = mult [coef_b0 sa (exp(xa_k - lse_a) sp_b - tgt_bk)
+//                 + coef_b1 sh (exp(xh_k - lse_h) - [k = lab_b])]
+//   tgt = P_bk (has_p; sp_b = sum_k P_bk: the exact derivative of the soft CE, the
+//         reference's softmax * rowsum(p) - p), [k = y_b] (has_y), 0 (neither).
+template <typename T>
+__device__ __forceinline__ void crpl_ce_grad(const T* __restrict__ G, long long B, int K,
+                                             const T* __restrict__ P, int has_p,
+                                             const long long* __restrict__ y, int has_y, T sa,
+                                             int hard, T sh, const T* __restrict__ rowout,
+                                             const long long* __restrict__ lab,
+                                             const T* __restrict__ coef, T mult,
+                                             T* __restrict__ dG) {
+  const int lane = threadIdx.x & 31;
+  const long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const long long nwarp = ((long long)gridDim.x * blockDim.x) >> 5;
+  for (long long b = warp; b < B; b += nwarp) {
+    const T* __restrict__ g = G + b * (long long)K;
+    T* __restrict__ d = dG + b * (long long)K;
+    const T ca = mult * coef[2 * b], ch = mult * coef[2 * b + 1];
+    const T la = rowout[5 * b + 2], lh = rowout[5 * b + 3], sp = rowout[5 * b + 4];
+    const long long yb = has_y ? y[b] : -1;
+    const long long ab = lab[b];
+    for (int k = lane; k < K; k += 32) {
+      const T v = g[k];
+      const T ta = has_p ? P[b * (long long)K + k] : (k == yb ? (T)1 : (T)0);
+      T r = ca * sa * (RiNum<T>::ex(sa * v - la) * sp - ta);
+      if (hard) r += ch * sh * (RiNum<T>::ex(sh * v - lh) - (k == ab ? (T)1 : (T)0));
+      d[k] = r;
+    }
+  }
+}
+"""
+
 @dataclass(frozen=True)
 class Template:
     """One kernel template: the module it lives in, its name and its parameters as
@@ -2368,12 +2559,26 @@ TEMPLATES = (
     Template("gnn", "gnn_softmax_bwd", (
         ("const long long*", "ptr"), ("const long long*", "perm"), ("long long", "n_rows"),
         ("int", "H"), ("const T*", "alpha"), ("const T*", "gr"), ("T*", "ds"))),
+    Template("crpl", "crpl_probs_rows", (
+        ("const T*", "G"), ("const T*", "UC"), ("const T*", "uu"), ("const T*", "cc"),
+        ("const T*", "counts"), ("long long", "B"), ("int", "K"), ("int", "S"), ("T", "gamma"),
+        ("T", "scale"), ("T", "cb1"), ("T", "cs1"), ("T", "ci1"), ("T", "div1"), ("T", "cb0"),
+        ("T", "cs0"), ("T", "div0"), ("T*", "P"))),
+    Template("crpl", "crpl_ce_rows", (
+        ("const T*", "G"), ("long long", "B"), ("int", "K"), ("const T*", "P"), ("int", "has_p"),
+        ("const long long*", "y"), ("int", "has_y"), ("T", "sa"), ("int", "hard"), ("T", "sh"),
+        ("T*", "rowout"), ("long long*", "lab"))),
+    Template("crpl", "crpl_ce_grad", (
+        ("const T*", "G"), ("long long", "B"), ("int", "K"), ("const T*", "P"), ("int", "has_p"),
+        ("const long long*", "y"), ("int", "has_y"), ("T", "sa"), ("int", "hard"), ("T", "sh"),
+        ("const T*", "rowout"), ("const long long*", "lab"), ("const T*", "coef"), ("T", "mult"),
+        ("T*", "dG"))),
 )
 
 _BODIES = {"softdtw": _SOFTDTW, "costs": _COSTS, "ot": _OT, "preference": _PREFERENCE,
            "cross_tokenizer": _CROSS_TOKENIZER, "inf_ssm": _INF_SSM,
            "causal_discrete": _CAUSAL_DISCRETE, "safety": _SAFETY, "recsys_vae": _RECSYS,
-           "gnn": _GNN}
+           "gnn": _GNN, "crpl": _CRPL}
 MODULES = tuple(_BODIES)
 
 

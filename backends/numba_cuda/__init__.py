@@ -41,6 +41,11 @@ import numpy as np
 from . import _kernels as K
 from .causal_discrete import (ci_test_batch, discrete_score_plugin,  # noqa: F401
                               gsm_marginal_loss, leaf_statistic, stein_hessian_diag)
+from .crpl import (  # noqa: F401
+    clip_pseudo_labels, crpl_loss, crpl_loss_grad, crpl_reference_probs, crpl_target_loss,
+    ot_cluster_loss, soft_cross_entropy, soft_cross_entropy_grad, target_accuracy,
+    update_class_centroids,
+)
 from .cross_tokenizer import (certainty_weights, cma_band_penalty, ctpd_loss,  # noqa: F401
                               ctpd_loss_grad, dwa_dtw_loss, dwa_dtw_loss_grad, entropy_weights,
                               kd_divergence, kd_divergence_grad, kd_gate, span_sum,
@@ -95,6 +100,9 @@ __all__ = [
     "to_csr", "add_self_loops", "gcn_norm", "gcn_layer", "gcn_layer_vjp", "segment_softmax",
     "segment_softmax_vjp", "gat_layer", "gat_layer_vjp", "gin_layer", "gin_layer_vjp",
     "edge_mlp_weights", "fuse", "fuse_vjp", "focal_bce", "focal_bce_grad",
+    "update_class_centroids", "crpl_reference_probs", "soft_cross_entropy",
+    "soft_cross_entropy_grad", "ot_cluster_loss", "crpl_target_loss", "crpl_loss", "crpl_loss_grad",
+    "clip_pseudo_labels", "target_accuracy",
 ]
 
 NAME = "numba_cuda"

@@ -412,6 +412,29 @@ _SIGNATURES = {
     "gnn_bcast": "void({T}[::1], {T}, {T}[:, ::1])",
     "gnn_att_bwd": "void({T}[:, ::1], {T}[::1], {T}[:])",
     "gnn_focal": "void({T}[:], {T}[:], {T}, {T}, int64, int64, {T}, {T}[::1], {T}[::1])",
+    # crpl (issue 10, arXiv 2506.11493): see backends/numba_cuda/crpl.py
+    "crpl_centroids": "void({T}[:, :, :], {T}[:, :], {T}[:, :], int64[::1], int64[::1], "
+                      "{T}[:, :, ::1], {T}[:, ::1])",
+    "crpl_stack": "void({T}[:, :, :], {T}[:, ::1], int64)",
+    "crpl_sqnorm": "void({T}[:, :], {T}[::1])",
+    "crpl_irange": "void(int64[::1], float64[::1], int64)",
+    "crpl_dcount": "void(int64[::1], float64[::1], int64, int64)",
+    "crpl_frows": "void({T}[:, :], {T}[:, ::1])",
+    "crpl_fpack": "void({T}[:, ::1], float64[::1], int64)",
+    "crpl_probs": "void({T}[:, ::1], {T}[:, ::1], {T}[::1], {T}[::1], {T}[:, :], int64, int64, "
+                  "int64, int64, {T}, {T}, {T}[:, ::1])",
+    "crpl_sce_rows": "void({T}[:, :], {T}[:, :], {T}[::1], {T}[:, ::1], int64)",
+    "crpl_tgt_rows": "void({T}[:, ::1], {T}[:, :], int64[::1], int64, {T}, int64, {T}[:, ::1], "
+                     "int64[::1], {T}[:, ::1], int64)",
+    "crpl_src_rows": "void({T}[:, ::1], int64[::1], int64[::1], int64, int64, int64, {T}, "
+                     "{T}[:, ::1], {T}[:, ::1], int64)",
+    "crpl_mean": "void({T}[::1], {T}[::1], int64)",
+    "crpl_tgt_finish": "void({T}[:, ::1], int64[::1], int64, int64, {T}[::1], int64)",
+    "crpl_src_finish": "void({T}[:, ::1], int64[::1], int64, int64, {T}[::1], int64)",
+    "crpl_total": "void({T}[::1], {T}[:], int64, {T}, {T})",
+    "crpl_argmax": "void({T}[:, ::1], {T}, {T}, int64, int64[::1])",
+    "crpl_acc": "void(int64[::1], int64[::1], {T}, {T}[::1])",
+    "crpl_accum": "void({T}[:, :], {T}[:, ::1], int64, {T})",
 }
 
 DTYPES = ("float32", "float64")
@@ -5707,4 +5730,488 @@ def _build(dtype: str) -> dict:
         "gnn_bcast": gnn_bcast,
         "gnn_att_bwd": gnn_att_bwd,
         "gnn_focal": gnn_focal,
+        **_crpl_kernels(DT, NB),
+    }
+
+
+# --------------------------------------------------------------------------- crpl (issue 10)
+
+
+def _crpl_kernels(DT, NB) -> dict:
+    """CRPL (arXiv 2506.11493; ``crpl_*``, details in the docstring of
+    :mod:`backends.numba_cuda.crpl`). Small row kernels around ``pref_gemm``: one thread per row
+    (grid-stride) for the reference probabilities, the cross entropies and the argmax; one
+    thread for the finishing means (rows added in row order; no atomics); one thread per element
+    for the centroid update, the row stacking and the averaging of text embeddings. All float
+    arithmetic in the input dtype; the validators' statistics are stored as float64."""
+    ZERO = DT(0.0)
+    ONE = DT(1.0)
+    HALF = DT(0.5)
+    INF_C = DT(np.inf)
+    THIRD_N = DT(3.0)
+    TWO_N = DT(2.0)
+
+    def crpl_centroids(means, counts, feats, labels, domains, out_m, out_c):
+        """Running class means per (domain i, class k, feature d), one thread per element:
+        ``out_m = (means count + sum_{n: (domain, label) = (i, k)} u_n) / (count + n_ik)`` where
+        ``n_ik > 0`` (else ``means``); ``out_c = count + n_ik`` (written by the d = 0 thread)."""
+        Kc = means.shape[1]
+        Dd = means.shape[2]
+        total = means.shape[0] * Kc * Dd
+        e = cuda.grid(1)
+        while e < total:
+            i = e // (Kc * Dd)
+            rem = e - i * (Kc * Dd)
+            k = rem // Dd
+            d = rem - k * Dd
+            acc = ZERO
+            cnt = ZERO
+            for n in range(feats.shape[0]):
+                if labels[n] == k and domains[n] == i:
+                    acc += feats[n, d]
+                    cnt += ONE
+            c0 = counts[i, k]
+            if cnt > ZERO:
+                out_m[i, k, d] = (means[i, k, d] * c0 + acc) / (c0 + cnt)
+            else:
+                out_m[i, k, d] = means[i, k, d]
+            if d == 0:
+                out_c[i, k] = c0 + cnt
+            e += cuda.gridsize(1)
+
+    def crpl_stack(src, dst, row0):
+        """``dst[row0 + a K + k, :] = src[a, k, :]`` (the stacked GEMM operand), per element."""
+        Kc = src.shape[1]
+        Dd = src.shape[2]
+        total = src.shape[0] * Kc * Dd
+        e = cuda.grid(1)
+        while e < total:
+            r = e // Dd
+            d = e - r * Dd
+            a = r // Kc
+            dst[row0 + r, d] = src[a, r - a * Kc, d]
+            e += cuda.gridsize(1)
+
+    def crpl_sqnorm(X, out):
+        """``out[r] = sum_d X[r, d]^2`` per row."""
+        r = cuda.grid(1)
+        while r < X.shape[0]:
+            acc = ZERO
+            for d in range(X.shape[1]):
+                acc += X[r, d] * X[r, d]
+            out[r] = acc
+            r += cuda.gridsize(1)
+
+    def crpl_irange(x, out, slot):
+        """One thread: ``out[slot], out[slot + 1] = min(x), max(x)`` as float64 (0, 0 if empty)."""
+        if cuda.grid(1) == 0:
+            lo = int64(0)
+            hi = int64(0)
+            if x.shape[0] > 0:
+                lo = x[0]
+                hi = x[0]
+            for r in range(1, x.shape[0]):
+                lo = min(lo, x[r])
+                hi = max(hi, x[r])
+            out[slot] = float64(lo)
+            out[slot + 1] = float64(hi)
+
+    def crpl_dcount(dom, out, slot, S):
+        """One thread: ``out[slot] = min_{i < S} #{n : dom[n] == i}`` (entries outside
+        [0, S) ignored)."""
+        if cuda.grid(1) == 0:
+            lo = dom.shape[0]
+            for i in range(S):
+                c = int64(0)
+                for n in range(dom.shape[0]):
+                    if dom[n] == i:
+                        c += 1
+                lo = min(lo, c)
+            out[slot] = float64(lo)
+
+    def crpl_probs(G, UC, un, cn, counts, Kc, S, has_si, variant, gamma, scale, P):
+        """Reference probabilities, one thread per row b. ``G`` (B, (2 + S) K) holds the
+        cosines ``z_b . [t_base; t_S; t_S1; ...]``; ``UC[b, i K + k] = u_b . c_ik``, ``un`` =
+        ``||u_b||^2``, ``cn[i K + k] = ||c_ik||^2``. ``D_i = un + cn - 2 UC`` (expanded form),
+        ``w = softmax_i(-gamma D_i)`` (per (b, k)), ``s = sum_i w_i z.t_Si,k``.
+        variant 0 "code": ``l = (z.t_base + z.t_S + s) / 3`` when has_si and every count > 0,
+        else ``(z.t_base + z.t_S) / 2``; variant 1 "paper": ``l = z.t_base / 2 + s / 2`` (with
+        the T_S term in place of s when there is none). ``P = softmax_k(scale l)``."""
+        full = has_si != 0
+        if full:
+            for i in range(counts.shape[0]):
+                for k in range(counts.shape[1]):
+                    if not (counts[i, k] > ZERO):
+                        full = False
+        b = cuda.grid(1)
+        while b < P.shape[0]:
+            mx = ZERO
+            for k in range(Kc):
+                base = G[b, k]
+                ts = G[b, Kc + k]
+                if full:
+                    m = -gamma * (un[b] + cn[k] - TWO_N * UC[b, k])
+                    for i in range(1, S):
+                        q = i * Kc + k
+                        m = max(m, -gamma * (un[b] + cn[q] - TWO_N * UC[b, q]))
+                    sw = ZERO
+                    s = ZERO
+                    for i in range(S):
+                        q = i * Kc + k
+                        w = math.exp(-gamma * (un[b] + cn[q] - TWO_N * UC[b, q]) - m)
+                        sw += w
+                        s += w * G[b, (2 + i) * Kc + k]
+                    s = s / sw
+                    if variant == 0:
+                        lv = (base + ts + s) / THIRD_N
+                    else:
+                        lv = HALF * base + HALF * s
+                elif variant == 0:
+                    lv = (base + ts) / TWO_N
+                else:
+                    lv = HALF * base + HALF * ts
+                x = scale * lv
+                P[b, k] = x
+                if k == 0 or x > mx:
+                    mx = x
+            sm = ZERO
+            for k in range(Kc):
+                sm += math.exp(P[b, k] - mx)
+            for k in range(Kc):
+                P[b, k] = math.exp(P[b, k] - mx) / sm
+            b += cuda.gridsize(1)
+
+    def crpl_sce_rows(X, p, rows, grad, want_grad):
+        """Soft cross entropy per row: ``rows[b] = -sum_k p_bk log_softmax(X_b)_k``; with
+        want_grad ``grad[b] = (softmax(X_b) sum_k p_bk - p_b) / B``."""
+        B = X.shape[0]
+        b = cuda.grid(1)
+        while b < B:
+            mx = X[b, 0]
+            for k in range(1, X.shape[1]):
+                mx = max(mx, X[b, k])
+            s = ZERO
+            for k in range(X.shape[1]):
+                s += math.exp(X[b, k] - mx)
+            lse = mx + math.log(s)
+            acc = ZERO
+            for k in range(X.shape[1]):
+                acc -= p[b, k] * (X[b, k] - lse)
+            rows[b] = acc
+            if want_grad != 0:
+                ps = ZERO
+                for k in range(X.shape[1]):
+                    ps += p[b, k]
+                for k in range(X.shape[1]):
+                    grad[b, k] = (math.exp(X[b, k] - lse) * ps - p[b, k]) / DT(B)
+            b += cuda.gridsize(1)
+
+    def crpl_tgt_rows(C, p, lab, mode, scale, use_ot, rows, hard, grad, want_grad):
+        """Target terms per row from the cosines ``C = z T_T^T``: ``hard[b] = argmax_k C_bk``
+        (first index); ``x = scale C``. mode 0 (soft p): ``rows[b, 0] = -sum_k p log_softmax(x)``;
+        mode 1 (labels, -1 = none): ``rows[b, 0] = CE(C_b, lab_b)`` on the UNSCALED cosines
+        (0 when unlabelled). ``rows[b, 1] = CE(x_b, hard_b)`` when use_ot (else 0). With
+        want_grad, ``grad = dL_T / dC`` of ``L_T = (A + H) / 2`` (use_ot) or ``A`` with
+        ``A`` = the mean of rows[:, 0] (mode 1: over the labelled rows) and ``H`` the mean of
+        rows[:, 1]."""
+        B = C.shape[0]
+        Kc = C.shape[1]
+        nlab = 0
+        if mode != 0:
+            for r in range(B):
+                if lab[r] >= 0:
+                    nlab += 1
+        b = cuda.grid(1)
+        while b < B:
+            h = 0
+            mc = C[b, 0]
+            for k in range(1, Kc):
+                if C[b, k] > mc:
+                    mc = C[b, k]
+                    h = k
+            hard[b] = h
+            mx = scale * C[b, 0]
+            for k in range(1, Kc):
+                mx = max(mx, scale * C[b, k])
+            s = ZERO
+            for k in range(Kc):
+                s += math.exp(scale * C[b, k] - mx)
+            lse = mx + math.log(s)
+            wa = ONE
+            wh = ZERO
+            if use_ot != 0:
+                wa = HALF
+                wh = HALF / DT(B)
+                rows[b, 1] = lse - scale * C[b, h]
+            else:
+                rows[b, 1] = ZERO
+            if mode == 0:
+                acc = ZERO
+                for k in range(Kc):
+                    acc -= p[b, k] * (scale * C[b, k] - lse)
+                rows[b, 0] = acc
+                wa = wa / DT(B)
+                if want_grad != 0:
+                    ps = ZERO
+                    for k in range(Kc):
+                        ps += p[b, k]
+                    for k in range(Kc):
+                        sk = math.exp(scale * C[b, k] - lse)
+                        g = wa * (sk * ps - p[b, k]) + wh * sk
+                        if k == h:
+                            g -= wh
+                        grad[b, k] = scale * g
+            else:
+                y = lab[b]
+                mu = C[b, 0]
+                for k in range(1, Kc):
+                    mu = max(mu, C[b, k])
+                su = ZERO
+                for k in range(Kc):
+                    su += math.exp(C[b, k] - mu)
+                lu = mu + math.log(su)
+                if y >= 0:
+                    rows[b, 0] = lu - C[b, y]
+                    wa = wa / DT(nlab)
+                else:
+                    rows[b, 0] = ZERO
+                    wa = ZERO
+                if want_grad != 0:
+                    for k in range(Kc):
+                        sk = math.exp(scale * C[b, k] - lse)
+                        g = scale * wh * sk
+                        if k == h:
+                            g -= scale * wh
+                        if y >= 0:
+                            g += wa * math.exp(C[b, k] - lu)
+                            if k == y:
+                                g -= wa
+                        grad[b, k] = g
+            b += cuda.gridsize(1)
+
+    def crpl_src_rows(C, y, dom, Kc, S, has_si, scale, rows, grad, want_grad):
+        """Source cross entropies per row from ``C = z_src [T_S; T_S1; ...]^T`` (Bs, (1 + S) K):
+        ``rows[b, 0] = CE(scale C[b, :K], y_b)``, ``rows[b, 1] = CE(scale C[b, (1 + i) K:
+        (2 + i) K], y_b)`` with ``i = dom_b`` (has_si). With want_grad, ``grad = dL_src / dC``:
+        ``scale (softmax - onehot) / Bs`` in the T_S block and ``/ (S n_i)`` in block i (zero in
+        the other domains' blocks)."""
+        B = C.shape[0]
+        b = cuda.grid(1)
+        while b < B:
+            yb = y[b]
+            for blk in range(1 + S if has_si != 0 else 1):
+                c0 = 0
+                wgt = ONE / DT(B)
+                if blk > 0:
+                    i = dom[b]
+                    if blk - 1 != i:
+                        if want_grad != 0:
+                            for k in range(Kc):
+                                grad[b, blk * Kc + k] = ZERO
+                        continue
+                    ni = 0
+                    for r in range(B):
+                        if dom[r] == i:
+                            ni += 1
+                    wgt = ONE / (DT(S) * DT(ni))
+                c0 = blk * Kc
+                mx = scale * C[b, c0]
+                for k in range(1, Kc):
+                    mx = max(mx, scale * C[b, c0 + k])
+                s = ZERO
+                for k in range(Kc):
+                    s += math.exp(scale * C[b, c0 + k] - mx)
+                lse = mx + math.log(s)
+                rows[b, 0 if blk == 0 else 1] = lse - scale * C[b, c0 + yb]
+                if want_grad != 0:
+                    for k in range(Kc):
+                        g = math.exp(scale * C[b, c0 + k] - lse)
+                        if k == yb:
+                            g -= ONE
+                        grad[b, c0 + k] = scale * wgt * g
+            if has_si == 0:
+                rows[b, 1] = ZERO
+            b += cuda.gridsize(1)
+
+    def crpl_mean(rows, out, slot):
+        """One thread: ``out[slot] = mean(rows)`` (rows added in order)."""
+        if cuda.grid(1) == 0:
+            acc = ZERO
+            for r in range(rows.shape[0]):
+                acc += rows[r]
+            out[slot] = acc / DT(rows.shape[0])
+
+    def crpl_tgt_finish(rows, lab, mode, use_ot, out, slot):
+        """One thread: ``out[slot] = L_T`` from ``crpl_tgt_rows``' rows (see there)."""
+        if cuda.grid(1) == 0:
+            B = rows.shape[0]
+            a = ZERO
+            h = ZERO
+            n = 0
+            for r in range(B):
+                h += rows[r, 1]
+                if mode == 0 or lab[r] >= 0:
+                    a += rows[r, 0]
+                    n += 1
+            if n > 0:
+                a = a / DT(n)
+            if use_ot != 0:
+                out[slot] = (a + h / DT(B)) / TWO_N
+            else:
+                out[slot] = a
+
+    def crpl_src_finish(rows, dom, S, has_si, out, slot):
+        """One thread: ``out[slot] = L_src = mean_b rows[b, 0] + (1/S) sum_i mean_{dom = i}
+        rows[b, 1]`` (the second term with has_si only)."""
+        if cuda.grid(1) == 0:
+            B = rows.shape[0]
+            a = ZERO
+            for r in range(B):
+                a += rows[r, 0]
+            a = a / DT(B)
+            if has_si != 0:
+                t = ZERO
+                for i in range(S):
+                    si = ZERO
+                    ni = 0
+                    for r in range(B):
+                        if dom[r] == i:
+                            si += rows[r, 1]
+                            ni += 1
+                    t += si / DT(ni)
+                a += t / DT(S)
+            out[slot] = a
+
+    def crpl_total(out, cost, has_w, lam_W, lam_T):
+        """One thread, ``out = (L, L_src, L_W, L_T)``: ``out[2] = cost[0]`` (0 without OT),
+        ``out[0] = out[1] + lam_W out[2] + lam_T out[3]``."""
+        if cuda.grid(1) == 0:
+            lw = ZERO
+            if has_w != 0:
+                lw = cost[0]
+            out[2] = lw
+            out[0] = out[1] + lam_W * lw + lam_T * out[3]
+
+    def crpl_argmax(C, scale, threshold, mode, lab):
+        """``lab[b] = argmax_k C_bk`` (first index; mode 1: of ``scale C_b``, the softmax's
+        argmax); mode 1 (CLIP pseudo-labels): -1 unless
+        ``max_k softmax(scale C_b)_k = 1 / sum_k exp(scale C_bk - max) > threshold``."""
+        b = cuda.grid(1)
+        while b < C.shape[0]:
+            h = 0
+            mc = C[b, 0]
+            if mode != 0:
+                mc = scale * mc
+            for k in range(1, C.shape[1]):
+                v = C[b, k]
+                if mode != 0:
+                    v = scale * v
+                if v > mc:
+                    mc = v
+                    h = k
+            if mode != 0:
+                mx = scale * C[b, 0]
+                for k in range(1, C.shape[1]):
+                    mx = max(mx, scale * C[b, k])
+                s = ZERO
+                for k in range(C.shape[1]):
+                    s += math.exp(scale * C[b, k] - mx)
+                if not (ONE / s > threshold):
+                    h = -1
+            lab[b] = h
+            b += cuda.gridsize(1)
+
+    def crpl_acc(pred, labels, denom, out):
+        """One thread: ``out[0] = #{b : pred_b == labels_b} / denom``."""
+        if cuda.grid(1) == 0:
+            c = 0
+            for r in range(pred.shape[0]):
+                if pred[r] == labels[r]:
+                    c += 1
+            out[0] = DT(c) / denom
+
+    def crpl_accum(src, dst, mode, div):
+        """Plain mean of text embeddings, per element: mode 0 ``dst = src``, mode 1
+        ``dst += src``, mode 2 ``dst = dst / div``."""
+        n1 = dst.shape[1]
+        total = dst.shape[0] * n1
+        e = cuda.grid(1)
+        while e < total:
+            r = e // n1
+            c = e - r * n1
+            if mode == 0:
+                dst[r, c] = src[r, c]
+            elif mode == 1:
+                dst[r, c] += src[r, c]
+            else:
+                dst[r, c] = dst[r, c] / div
+            e += cuda.gridsize(1)
+
+    def crpl_frows(X, rs):
+        """Validation statistics per row, in the input dtype: ``rs[r] = (#non-finite, min, max,
+        | ||X_r|| - 1 |)`` (min/max over the row's entries, NaN propagating)."""
+        r = cuda.grid(1)
+        while r < X.shape[0]:
+            nf = ZERO
+            acc = ZERO
+            mn = INF_C
+            mx = -INF_C
+            for d in range(X.shape[1]):
+                v = X[r, d]
+                if not (v - v == ZERO):
+                    nf += ONE
+                acc += v * v
+                if mn == mn and not (v >= mn):
+                    mn = v
+                if mx == mx and not (v <= mx):
+                    mx = v
+            rs[r, 0] = nf
+            rs[r, 1] = mn
+            rs[r, 2] = mx
+            rs[r, 3] = abs(math.sqrt(acc) - ONE)
+            r += cuda.gridsize(1)
+
+    def crpl_fpack(rs, out, slot):
+        """One thread: ``crpl_frows``' rows into ``out[slot:slot + 4]`` (float64) = (#non-finite,
+        min, max, max deviation) (NaN sticks; empty: 0, +inf, -inf, 0)."""
+        if cuda.grid(1) == 0:
+            nf = int64(0)
+            mn = INF_C
+            mx = -INF_C
+            dv = ZERO
+            for r in range(rs.shape[0]):
+                nf += int64(rs[r, 0])
+                v = rs[r, 1]
+                if mn == mn and not (v >= mn):
+                    mn = v
+                v = rs[r, 2]
+                if mx == mx and not (v <= mx):
+                    mx = v
+                v = rs[r, 3]
+                if dv == dv and not (v <= dv):
+                    dv = v
+            out[slot] = float64(nf)
+            out[slot + 1] = float64(mn)
+            out[slot + 2] = float64(mx)
+            out[slot + 3] = float64(dv)
+
+    return {
+        "crpl_centroids": crpl_centroids,
+        "crpl_stack": crpl_stack,
+        "crpl_sqnorm": crpl_sqnorm,
+        "crpl_irange": crpl_irange,
+        "crpl_dcount": crpl_dcount,
+        "crpl_probs": crpl_probs,
+        "crpl_sce_rows": crpl_sce_rows,
+        "crpl_tgt_rows": crpl_tgt_rows,
+        "crpl_src_rows": crpl_src_rows,
+        "crpl_mean": crpl_mean,
+        "crpl_tgt_finish": crpl_tgt_finish,
+        "crpl_src_finish": crpl_src_finish,
+        "crpl_total": crpl_total,
+        "crpl_argmax": crpl_argmax,
+        "crpl_acc": crpl_acc,
+        "crpl_accum": crpl_accum,
+        "crpl_frows": crpl_frows,
+        "crpl_fpack": crpl_fpack,
     }

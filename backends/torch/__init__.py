@@ -162,6 +162,11 @@ def autograd_vjp(fn, kwargs: dict, wrt, cotangent) -> dict:
 from backends.torch.causal_discrete import (  # noqa: E402
     ci_test_batch, discrete_score_plugin, gsm_marginal_loss, leaf_statistic, stein_hessian_diag,
 )
+from backends.torch.crpl import (  # noqa: E402
+    clip_pseudo_labels, crpl_loss, crpl_loss_grad, crpl_reference_probs, crpl_target_loss,
+    ot_cluster_loss, soft_cross_entropy, soft_cross_entropy_grad, target_accuracy,
+    update_class_centroids,
+)
 from backends.torch.cross_tokenizer import (  # noqa: E402
     certainty_weights, cma_align, cma_band_penalty, ctpd_loss, ctpd_loss_grad, dwa_dtw_loss,
     dwa_dtw_loss_grad, dwa_gamma, dwa_kd_loss, entropy_weights, kd_divergence,
@@ -230,4 +235,7 @@ __all__ = [
     "edge_mlp_weights", "fuse", "fuse_vjp", "focal_bce", "focal_bce_grad",
     "pdm_classifier_forward", "cluster_encoder_forward", "cluster_encoder_loss",
     "to_torch_params",
+    "update_class_centroids", "crpl_reference_probs", "soft_cross_entropy",
+    "soft_cross_entropy_grad", "ot_cluster_loss", "crpl_target_loss", "crpl_loss", "crpl_loss_grad",
+    "clip_pseudo_labels", "target_accuracy",
 ]
