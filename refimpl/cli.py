@@ -161,7 +161,7 @@ def cmd_bench(args) -> int:
 
 
 DEMOS = ("softdtw", "ot", "squeezing", "cross-tokenizer", "inf-ssm", "causal", "antibody", "ibdr",
-         "recsys-vae", "gnn-pdm")
+         "recsys-vae", "gnn-pdm", "clip-uda-ot")
 DTYPE_NAMES = tuple(dict.fromkeys(d for op in _ops.OPS for d in op.dtypes))
 
 

@@ -75,7 +75,7 @@ def test_probing_and_importing_backends_allocate_nothing_on_a_device():
 
 # Families whose issue promised every backend: a backend missing one of their ops is a bug.
 COMPLETE_FAMILIES = ("softdtw", "ot", "preference", "cross_tokenizer", "inf_ssm",
-                     "causal_discrete", "safety_ensembles", "recsys_vae", "gnn")
+                     "causal_discrete", "safety_ensembles", "recsys_vae", "gnn", "crpl")
 
 
 @pytest.mark.parametrize("name", ["numpy", "torch", "cupy", "numba_cuda"])
@@ -330,3 +330,8 @@ def test_readme_tour_runs_and_computes_what_it_says(capsys):
     # is the gradient of <ones, H> (checked against finite differences in test_gnn_layers)
     assert ns["Hg"].shape == (4, 4) and abs(ns["alpha"].sum() - 8) < 1e-12
     assert sorted(ns["gg"]) == ["dW", "dX"] and ns["gg"]["dX"].shape == (4, 3)
+    # CRPL: the plan's columns carry 1/K; the text gradient is the envelope -P^T Z; the value is
+    # <P, 1 - Z T^T>
+    P, Zc, Tc = ns["P"], ns["Zc"], ns["Tc"]
+    assert np.allclose(P.sum(0), 1 / 3) and np.allclose(P.sum(1), 1 / 6)
+    assert abs(ns["L_W"] - (P * (1 - Zc @ Tc.T)).sum()) < 1e-12

@@ -43,6 +43,10 @@
   ``backward`` of the same cotangent, gradients w.r.t. x and the weights). CPU N = 10^4,
   E = 10^5, F = 64 fp64; GPU N = 10^6, E = 10^7, F = 64 fp32, with peak device memory (PyG's
   GATConv gathers E x heads x C messages; ours never does).
+- CRPL's exact OT cluster loss (issue 10, ``clip_uda_ot.md`` sec. 6): ours ``ot_cluster_loss``
+  (cost on the device, exact solve on the host, plan and envelope gradients back) vs POT's
+  ``ot.emd2`` on the same cosine cost (``pot``: NumPy arrays on the CPU, torch tensors on a GPU).
+  B = 30 target images, K in {12, 65, 345} classes, D = 1024; CPU fp64, GPU fp32.
 
 Peers are test/bench-only dependencies; a missing one is skipped with the reason.
 """
@@ -64,6 +68,8 @@ SIZES = {
     "inf_ssm": {"cpu": [(4096, 16)], "gpu": [(1_210_368, 16)]},
     "gat": {"cpu": [(10_000, 100_000, 64)], "gpu": [(1_000_000, 10_000_000, 64)]},
     "gcn": {"cpu": [(10_000, 100_000, 64)], "gpu": [(1_000_000, 10_000_000, 64)]},
+    "crpl_ot": {"cpu": [(30, 12, 1024), (30, 65, 1024), (30, 345, 1024)],
+                "gpu": [(30, 12, 1024), (30, 65, 1024), (30, 345, 1024)]},
 }
 GAT_HEADS, GAT_C = 8, 8
 KD = dict(kind="skewed_reverse_kl", tau=2.0)
@@ -459,6 +465,48 @@ class GcnLayerFull(_GraphLayerFull):
         return pyg.GCNConv(F, 64)
 
 
+def _unit_rows(rng, n, d, dtype):
+    x = rng.standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(dtype)
+
+
+class CrplOtLoss(_Peers):
+    family = "crpl_ot"
+    peers = ("pot",)
+
+    def make_ours(self, bk, size, dtype, rng):
+        B, K, D = size
+        Z, T = (H.to_backend(bk, _unit_rows(rng, n, D, dtype), dtype) for n in (B, K))
+
+        def call():
+            out = bk.ot_cluster_loss(Z, T)
+            bk.synchronize()
+            return out
+
+        return call
+
+    def make_peer(self, impl, size, dtype, rng):
+        ot = _peer_module(impl)
+        B, K, D = size
+        Z, T = _unit_rows(rng, B, D, dtype), _unit_rows(rng, K, D, dtype)
+        if self.where == "gpu":
+            import torch
+
+            dev = _torch_device(self.where)
+            Z, T = torch.as_tensor(Z, device=dev), torch.as_tensor(T, device=dev)
+            a = torch.full((B,), 1.0 / B, device=dev, dtype=Z.dtype)
+            b = torch.full((K,), 1.0 / K, device=dev, dtype=Z.dtype)
+        else:
+            a, b = np.full(B, 1.0 / B), np.full(K, 1.0 / K)
+
+        def call():
+            val = ot.emd2(a, b, 1 - Z @ T.T, numItermax=500_000)
+            _sync_torch(self.where)
+            return val
+
+        return call
+
+
 class SteinPerSystemCPU:
     """Seconds for m systems of size n (the same m for every solver at a given n)."""
 
@@ -511,9 +559,11 @@ def _variant(base, where):
                  param_names=["impl", "size", "dtype"])
     name = {"softdtw": "soft_dtw_points", "sinkhorn": "sinkhorn_log", "dpo": "dpo_head",
             "kd": "entropy_weighted_kd", "inf_ssm": "infssm_distance", "gat": "gat_layer_h8",
-            "gcn": "gcn_layer"}[base.family]
-    full = base.family != "sinkhorn"  # Soft-DTW and DPO forward+backward, Sinkhorn forward
-    attrs[f"time_full_{name}" if full else f"time_{name}_{ITERS}it"] = _Peers.run
+            "gcn": "gcn_layer", "crpl_ot": "ot_cluster_loss"}[base.family]
+    full = base.family not in ("sinkhorn", "crpl_ot")  # the OT value and plan: forward only
+    method = (f"time_full_{name}" if full else
+              f"time_{name}_{ITERS}it" if base.family == "sinkhorn" else f"time_{name}")
+    attrs[method] = _Peers.run
     if where == "gpu":
         def track(self, impl, size, dtype):
             if impl in self.peers:
@@ -546,4 +596,6 @@ GatLayerFullGPU = _variant(GatLayerFull, "gpu")
 GcnLayerFullCPU = _variant(GcnLayerFull, "cpu")
 GcnLayerFullGPU = _variant(GcnLayerFull, "gpu")
 del SoftDtwPointsFull, SinkhornLogPeer, DpoHeadFull, KdWeightedFull, InfSsmDistanceFull
-del GatLayerFull, GcnLayerFull
+CrplOtLossCPU = _variant(CrplOtLoss, "cpu")
+CrplOtLossGPU = _variant(CrplOtLoss, "gpu")
+del GatLayerFull, GcnLayerFull, CrplOtLoss
