@@ -2,7 +2,8 @@
 
 (a) CPU, always (CI has no GPU): every kernel, for every signature the backend launches
     (float32 and float64), compiles to PTX for cc 9.0 with ``numba.cuda.compile_ptx`` — in a
-    subprocess without ``NUMBA_ENABLE_CUDASIM`` — and float32 kernels do no float64
+    background subprocess without ``NUMBA_ENABLE_CUDASIM`` (tests/ptx_background.py, started
+    when collection ends) — and float32 kernels do no float64
     arithmetic except the Soft-DTW diagonal offsets (a stray Python float literal would
     silently make a float32 kernel compute in float64).
 (b) simulator (``NUMBA_ENABLE_CUDASIM=1``, tiny sizes): what the registry's tiny cases miss —
@@ -14,10 +15,6 @@
     accuracy guard at n = m = 1024, Sinkhorn at 2048^2 and batched, CuPy/torch inputs.
 """
 
-import json
-import os
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -31,10 +28,10 @@ from backends.numba_cuda import _kernels as K  # noqa: E402
 from refimpl import ot as rot  # noqa: E402
 from refimpl import softdtw as sd  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from numba_sim import assert_launches_conform, GPU_REASON, ON_GPU, nb, rng_for, sim_only  # noqa: E402,F401
 from numba_sim import to_dev as _d  # noqa: E402
 from numba_sim import to_host as _h  # noqa: E402
+import ptx_background  # noqa: E402
 
 
 def pad_nan(A, lengths, axis):
@@ -44,62 +41,9 @@ def pad_nan(A, lengths, axis):
 
 # --------------------------------------------------------------------------- (a) PTX for cc 9.0
 
-_PTX_SCRIPT = r"""
-import json
-from numba import cuda
-from backends.numba_cuda import _kernels as K
-
-ARITH = {"add", "sub", "mul", "fma", "div", "rcp", "sqrt", "rsqrt", "ex2", "lg2", "min", "max",
-         "neg", "abs"}
-out = {}
-for name, fn, sigs in K.specs():
-    res = {"ok": True, "error": "", "f64_arith": 0, "signatures": list(sigs)}
-    try:
-        for sig in sigs:
-            ptx, _ = cuda.compile_ptx(fn, sig, cc=(9, 0))
-            for line in ptx.splitlines():
-                op = line.strip().split()[0] if line.strip() else ""
-                if op.endswith(".f64") and op.split(".")[0] in ARITH:
-                    res["f64_arith"] += 1
-    except Exception as exc:
-        res.update(ok=False, error=f"{type(exc).__name__}: {exc}"[:4000])
-    out[name] = res
-print("PTX-RESULTS " + json.dumps(out))
-"""
-
-_PTX = {}
-
-
-def _start_ptx():
-    if "proc" not in _PTX:
-        env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-        _PTX["proc"] = subprocess.Popen([sys.executable, "-c", _PTX_SCRIPT], cwd=ROOT, env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _ptx_in_background(request):
-    """Compile in a background process while the simulator tests of this module run (only
-    when a test that needs the results was selected)."""
-    if any("ptx_results" in getattr(item, "fixturenames", ()) for item in request.session.items):
-        _start_ptx()
-    yield
-    proc = _PTX.get("proc")
-    if proc is not None and proc.poll() is None and "results" not in _PTX:
-        proc.kill()
-        proc.communicate()
-
-
 @pytest.fixture(scope="module")
 def ptx_results():
-    _start_ptx()
-    if "results" not in _PTX:
-        out, err = _PTX["proc"].communicate(timeout=900)
-        lines = [ln for ln in out.splitlines() if ln.startswith("PTX-RESULTS ")]
-        rc = _PTX["proc"].returncode
-        assert lines, f"the PTX compile subprocess failed (rc={rc}):\n{err[-4000:]}"
-        _PTX["results"] = json.loads(lines[-1][len("PTX-RESULTS "):])
-    return _PTX["results"]
+    return ptx_background.results()
 
 
 # --------------------------------------------------------------------------- (b) simulator
