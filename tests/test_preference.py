@@ -576,6 +576,8 @@ def test_squeezing_demo_shows_the_effect(tmp_path, monkeypatch):
     curves = out["curves"]["DPO"]
     assert curves["rejected_mean"][-1] < curves["rejected_mean"][0] - 5   # DPO pushes y- down
     assert curves["argmax_mass_mean"][-1] > curves["argmax_mass_mean"][0]  # mass to the argmax
+    assert out["verdicts"]["head-only logits-SAM rho=2.0"]["baseline"] == "head-only DPO"
+    assert out["verdicts"]["full SAM rho=2.0"]["baseline"] == "DPO"
 
 
 def test_squeezing_demo_gradients_are_the_chain_rule():
@@ -602,3 +604,16 @@ def test_squeezing_demo_gradients_are_the_chain_rule():
     sA, sW = toy.logits_sam_grads(A, W, 0.1, 0.0)
     np.testing.assert_allclose(sA, dA, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(sW, dW, rtol=1e-12, atol=1e-15)
+
+
+def test_squeezing_demo_head_only_logits_sam_is_sam():
+    """With the body frozen, logits-SAM's head gradient is SAM's: the plain DPO gradient at
+    W + rho dW / ||dW||_F (the head-only pair of the demo compares SAM with DPO)."""
+    from refimpl.demos import squeezing as demo
+
+    toy = demo.Toy(1)
+    A, W, rho = toy.A0, toy.W0, 2.0
+    _, dW = toy.dpo_grads(A, W, 0.1)
+    _, sam_dW = toy.dpo_grads(A, W + rho * dW / np.linalg.norm(dW), 0.1)
+    _, ls_dW = toy.logits_sam_grads(A, W, 0.1, rho)
+    np.testing.assert_allclose(ls_dW, sam_dW, rtol=1e-12, atol=1e-15)

@@ -17,13 +17,16 @@ lr 1.0, 3000 steps), with
 * logits-SAM (``logits_sam_dpo_grad``: W perturbed by ``rho g_W / ||g_W||``, the body A
   trained through ``dH`` by the chain rule) for rho in {0.5, 2.0},
 * full SAM (A and W perturbed together by ``rho g / ||g||``), rho = 2.0,
+* head-only DPO and head-only logits-SAM rho = 2.0: A frozen at its initial value, W trained
+  alone, so that logits-SAM is SAM on every trained parameter (the paper's logit-space
+  setting: a softmax head on fixed features),
 
 each over 8 seeds (the model, data and tokens are redrawn per seed; every method sees the
 same seeds). Panels: mean chosen log-prob, mean rejected log-prob and mean argmax probability
 at the chosen contexts vs step (mean over seeds, band = one standard error); chosen log-prob
 vs the mean log-ratio margin ``h`` (is the chosen token kept at an equal margin?); the
 first-order identity against the exact one-step change; per seed, each method's final chosen
-log-prob minus plain DPO's.
+log-prob minus plain DPO's (head-only: minus head-only DPO's; dashed curves).
 
 Writes ``squeezing.png`` and ``squeezing.json`` (curves, per-seed final values, the verdicts,
 the set-up). Verdicts: ``squeezing`` — the mean chosen log-prob under plain DPO rises, then
@@ -32,7 +35,8 @@ chosen log-prob to plain DPO (mean, standard error) and ``damps`` — positive b
 standard errors. What we measured (2026-11-22): squeezing in the mean and in 6 of 8 seeds;
 the official code's logits-SAM (one positive rho) does **not** damp it in this toy (rho 0.5:
 -0.05 +- 0.02; at an equal margin its curve lies on plain DPO's: it only moves faster along
-the same path), full SAM does (rho 2: +0.19 +- 0.08). Runs on a CPU in about 25 s.
+the same path), full SAM does (rho 2: +0.19 +- 0.08); with the body frozen, logits-SAM (then
+plain SAM) makes it slightly worse (rho 2: -0.09 +- 0.02). Runs on a CPU in about 30 s.
 """
 
 from __future__ import annotations
@@ -49,8 +53,13 @@ D_IN, D_H, V, PAIRS = 8, 16, 30, 32
 NOISE, CHOSEN_RANK = 0.2, 2          # y+ = 3rd most likely token (rank 2 from the top)
 BETA, LR, STEPS, RECORD_EVERY = 0.1, 1.0, 3000, 50
 SEEDS = tuple(range(8))
-METHODS = (("DPO", "dpo", 0.0), ("logits-SAM rho=0.5", "logits_sam", 0.5),
-           ("logits-SAM rho=2.0", "logits_sam", 2.0), ("full SAM rho=2.0", "full_sam", 2.0))
+# (label, update, rho, train the body A): the head-only pair freezes A, so that logits-SAM is
+# SAM on every trained parameter -- the paper's logit-space setting
+METHODS = (("DPO", "dpo", 0.0, True), ("logits-SAM rho=0.5", "logits_sam", 0.5, True),
+           ("logits-SAM rho=2.0", "logits_sam", 2.0, True),
+           ("full SAM rho=2.0", "full_sam", 2.0, True),
+           ("head-only DPO", "dpo", 0.0, False),
+           ("head-only logits-SAM rho=2.0", "logits_sam", 2.0, False))
 
 
 class Toy:
@@ -107,8 +116,9 @@ class Toy:
         return lc.mean(), lr.mean(), np.exp(L[:PAIRS].max(axis=1)).mean(), h.mean()
 
 
-def train(toy: Toy, method: str, beta: float, rho: float) -> np.ndarray:
-    """``(STEPS / RECORD_EVERY + 1, 4)``: the :meth:`Toy.record` values along training."""
+def train(toy: Toy, method: str, beta: float, rho: float, body: bool = True) -> np.ndarray:
+    """``(STEPS / RECORD_EVERY + 1, 4)``: the :meth:`Toy.record` values along training
+    (``body=False`` keeps A at its initial value and trains W alone)."""
     A, W = toy.A0.copy(), toy.W0.copy()
     rows = []
     for step in range(STEPS + 1):
@@ -122,7 +132,8 @@ def train(toy: Toy, method: str, beta: float, rho: float) -> np.ndarray:
             dA, dW = toy.logits_sam_grads(A, W, beta, rho)
         else:
             dA, dW = toy.full_sam_grads(A, W, beta, rho)
-        A -= LR * dA
+        if body:
+            A -= LR * dA
         W -= LR * dW
     return np.array(rows)
 
@@ -149,8 +160,9 @@ def run(outdir: pathlib.Path) -> dict:
     outdir.mkdir(parents=True, exist_ok=True)
     toys = [Toy(s) for s in SEEDS]
     steps = list(range(0, STEPS + 1, RECORD_EVERY))
-    curves = {label: np.stack([train(t, method, BETA, rho) for t in toys])   # (seeds, t, 4)
-              for label, method, rho in METHODS}
+    curves = {label: np.stack([train(t, method, BETA, rho, body) for t in toys])  # (seeds, t, 4)
+              for label, method, rho, body in METHODS}
+    baseline = {body: label for label, method, _, body in METHODS if method == "dpo"}
     dpo = curves["DPO"][:, :, 0]
     mean = dpo.mean(axis=0)
     per_seed = (dpo.max(axis=1) > dpo[:, 0]) & (dpo[:, -1] < dpo[:, 0])
@@ -158,12 +170,14 @@ def run(outdir: pathlib.Path) -> dict:
                 "squeezing_seeds": f"{int(per_seed.sum())}/{len(SEEDS)}",
                 "dpo_chosen_start_peak_end": [float(mean[0]), float(mean.max()), float(mean[-1])]}
     diffs = {}
-    for label, _, _ in METHODS[1:]:
-        d = curves[label][:, -1, 0] - dpo[:, -1]
+    for label, method, _, body in METHODS:
+        if method == "dpo":
+            continue
+        d = curves[label][:, -1, 0] - curves[baseline[body]][:, -1, 0]
         se = float(d.std(ddof=1) / np.sqrt(d.size))
         diffs[label] = d
-        verdicts[label] = {"final_chosen_minus_dpo": float(d.mean()), "se": se,
-                           "damps": bool(d.mean() > 2 * se)}
+        verdicts[label] = {"baseline": baseline[body], "final_chosen_minus_dpo": float(d.mean()),
+                           "se": se, "damps": bool(d.mean() > 2 * se)}
     pred, exact = first_order_check()
     identity_err = float(np.max(np.abs(pred - exact)) / np.max(np.abs(exact)))
 
@@ -171,18 +185,19 @@ def run(outdir: pathlib.Path) -> dict:
     titles = ("mean chosen log-prob", "mean rejected log-prob",
               "mean argmax probability (chosen contexts)")
     for j, (ax, title) in enumerate(zip(axes[0], titles)):
-        for label, _, _ in METHODS:
+        for label, _, _, body in METHODS:
             runs = curves[label][:, :, j]
             m, s = runs.mean(0), runs.std(0, ddof=1) / np.sqrt(runs.shape[0])
-            ax.plot(steps, m, label=label)
+            ax.plot(steps, m, label=label, ls="-" if body else "--")
             ax.fill_between(steps, m - s, m + s, alpha=0.2)
         ax.set_title(f"{title}, beta = {BETA}")
         ax.set_xlabel("step")
     axes[0, 0].axhline(mean[0], color="grey", lw=0.8, ls=":")
     axes[0, 0].legend(fontsize=8)
     ax = axes[1, 0]
-    for label, _, _ in METHODS:
-        ax.plot(curves[label][:, :, 3].mean(0), curves[label][:, :, 0].mean(0), label=label)
+    for label, _, _, body in METHODS:
+        ax.plot(curves[label][:, :, 3].mean(0), curves[label][:, :, 0].mean(0), label=label,
+                ls="-" if body else "--")
     ax.set_xlabel("mean log-ratio margin h")
     ax.set_ylabel("mean chosen log-prob")
     ax.set_title("chosen log-prob at equal margin")
@@ -196,7 +211,7 @@ def run(outdir: pathlib.Path) -> dict:
     ax = axes[1, 2]
     ax.boxplot(list(diffs.values()), tick_labels=[k.replace(" rho", "\nrho") for k in diffs])
     ax.axhline(0.0, color="grey", lw=0.8)
-    ax.set_title("final chosen log-prob minus plain DPO's, per seed")
+    ax.set_title("final chosen log-prob minus (head-only) DPO's, per seed")
     fig.tight_layout()
     fig.savefig(outdir / "squeezing.png", dpi=110)
     plt.close(fig)
@@ -216,7 +231,7 @@ def run(outdir: pathlib.Path) -> dict:
     }
     summary["headline"] = {
         "squeezing (DPO)": verdicts["squeezing"], "squeezing seeds": verdicts["squeezing_seeds"],
-        **{f"{k} - DPO, final chosen log-prob": f"{v['final_chosen_minus_dpo']:+.3f} "
+        **{f"{k} - {v['baseline']}, final chosen log-prob": f"{v['final_chosen_minus_dpo']:+.3f} "
                                                    f"+- {v['se']:.3f} (damps: {v['damps']})"
            for k, v in verdicts.items() if isinstance(v, dict)}}
     (outdir / "squeezing.json").write_text(json.dumps(summary, indent=1))
