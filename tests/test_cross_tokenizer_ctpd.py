@@ -14,6 +14,7 @@ from scipy.special import log_softmax
 from refimpl import _ctpd as C
 from refimpl._cases import ctpd as cases
 from refimpl.preference import dpo_loss, dpo_loss_grad
+from finite_diff import fd_grad
 
 LOG2 = math.log(2.0)
 
@@ -63,16 +64,6 @@ def check_partition(spans, seg_s, seg_t, off_s, off_t, n):
         for (a, b), r in zip(offsets, seg):
             assert spans[r, 0] <= a and b <= spans[r, 1]
         assert set(seg.tolist()) == set(range(len(spans)))
-
-
-def fd_grad(f, x, h=1e-6):
-    g = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        xp, xm = x.copy(), x.copy()
-        xp[idx] += h
-        xm[idx] -= h
-        g[idx] = (f(xp) - f(xm)) / (2 * h)
-    return g
 
 
 # --------------------------------------------------------------------------- span_align (item 7)

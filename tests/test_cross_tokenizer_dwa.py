@@ -14,6 +14,7 @@ import pytest
 from refimpl import _dwa_kd as D
 from refimpl._cases import dwa_kd as C
 from refimpl.softdtw import soft_dtw_divergence
+from finite_diff import fd_grad
 
 KINDS = C.KINDS
 TINY = C.TINY  # (B, N', M', d_s, d_t, V_S, V_T)
@@ -21,17 +22,6 @@ TINY = C.TINY  # (B, N', M', d_s, d_t, V_S, V_T)
 
 def rng(seed=0):
     return np.random.default_rng(seed)
-
-
-def central_fd(f, x, eps=1e-6):
-    """Central finite differences of a scalar function f at every entry of x."""
-    g = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        xp, xm = x.copy(), x.copy()
-        xp[idx] += eps
-        xm[idx] -= eps
-        g[idx] = (f(xp) - f(xm)) / (2 * eps)
-    return g
 
 
 # --------------------------------------------------------------------------- 1. kd_divergence
@@ -131,7 +121,7 @@ def test_kd_divergence_grad_vs_finite_differences(kind, tau):
     else:
         def f(z):
             return float((cot * D.kd_divergence(z, z_t, **kw)).sum())
-    np.testing.assert_allclose(cot[..., None] * dz, central_fd(f, z_s), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(cot[..., None] * dz, fd_grad(f, z_s), rtol=1e-6, atol=1e-9)
 
 
 # --------------------------------------------------------------------------- 2. weights, gate
@@ -274,9 +264,9 @@ def test_cma_align_finite_differences_match_torch_autograd():
 
     for k, pair in zip(keys, params):
         for slot in (0, 1):
-            # eps 1e-4: the -1e5 mask offset costs ~1e-11 of absolute precision in a_ij
-            fd = central_fd(f_of(k, slot), np.asarray(p["proj"][k][slot], dtype=np.float64),
-                            eps=1e-4)
+            # h 1e-4: the -1e5 mask offset costs ~1e-11 of absolute precision in a_ij
+            fd = fd_grad(f_of(k, slot), np.asarray(p["proj"][k][slot], dtype=np.float64),
+                         h=1e-4)
             np.testing.assert_allclose(pair[slot].grad.numpy(), fd, rtol=1e-6, atol=1e-6,
                                        err_msg=f"proj[{k!r}][{slot}]")
 
@@ -392,8 +382,8 @@ def test_dwa_dtw_loss_grad_vs_finite_differences(positions):
     kw = dict(C._dtw_inputs(rng(11), 2, 6, 5, 4, positions, (0.5, 0.5)), gamma=0.7,
               positions=positions, w0=0.5, kappa=0.5, rho=1.5)
     _, dX, dY = D.dwa_dtw_loss_grad(**kw)
-    fX = central_fd(lambda x: float(D.dwa_dtw_loss(**dict(kw, X=x))), kw["X"])
-    fY = central_fd(lambda y: float(D.dwa_dtw_loss(**dict(kw, Y=y))), kw["Y"])
+    fX = fd_grad(lambda x: float(D.dwa_dtw_loss(**dict(kw, X=x))), kw["X"])
+    fY = fd_grad(lambda y: float(D.dwa_dtw_loss(**dict(kw, Y=y))), kw["Y"])
     np.testing.assert_allclose(dX, fX, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(dY, fY, rtol=1e-6, atol=1e-8)
 

@@ -19,6 +19,7 @@ from scipy.special import logsumexp, softmax
 import refimpl.crpl as crpl_pub
 from refimpl import _crpl as R
 from refimpl._cases import crpl as CC
+from finite_diff import fd_grad
 
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
 
@@ -29,17 +30,6 @@ def _unit(x):
 
 def _world(seed=0, K=3, D=5, S=2):
     return CC.World(np.random.default_rng(seed), K, D, S)
-
-
-def _fd(f, x, h=1e-6):
-    """Central differences of a scalar f, one per entry of x."""
-    g = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        p, m = x.copy(), x.copy()
-        p[idx] += h
-        m[idx] -= h
-        g[idx] = (f(p) - f(m)) / (2 * h)
-    return g
 
 
 def _close(a, b, rtol=1e-6, atol=0.0):
@@ -242,7 +232,7 @@ def test_soft_cross_entropy_grad_finite_differences(normalised):
     if not normalised:
         p = p * rng.uniform(0.5, 2.0, (6, 1))             # the general form: rowsum(p) != 1
     g = R.soft_cross_entropy_grad(logits, p)
-    _close(g, _fd(lambda L: R.soft_cross_entropy(L, p), logits), rtol=1e-7)
+    _close(g, fd_grad(lambda L: R.soft_cross_entropy(L, p), logits), rtol=1e-7)
     if normalised:
         np.testing.assert_allclose(g, (softmax(logits, axis=1) - p) / 6, rtol=1e-12, atol=1e-15)
 
@@ -291,8 +281,8 @@ def test_ot_cluster_grads_match_torch_autograd_through_pot():
 def test_ot_cluster_grad_finite_differences_in_T_and_Z():
     Z, T = _ot_inputs(12, 6, 4, 5)
     _, _, dT, dZ = R.ot_cluster_loss(Z, T)
-    _close(dT, _fd(lambda X: R.ot_cluster_loss(Z, X)[0], T), rtol=1e-6)
-    _close(dZ, _fd(lambda X: R.ot_cluster_loss(X, T)[0], Z), rtol=1e-6)
+    _close(dT, fd_grad(lambda X: R.ot_cluster_loss(Z, X)[0], T), rtol=1e-6)
+    _close(dZ, fd_grad(lambda X: R.ot_cluster_loss(X, T)[0], Z), rtol=1e-6)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -402,7 +392,7 @@ def test_crpl_loss_grad_finite_differences(extra):
     names = ["T_S", "T_T"] + ([] if kw["T_Si"] is None else ["T_Si"])
     assert set(grads) == {"d" + n for n in names}
     for name in names:
-        fd = _fd(lambda X, name=name: R.crpl_loss(**dict(kw, **{name: X}))[0], kw[name])
+        fd = fd_grad(lambda X, name=name: R.crpl_loss(**dict(kw, **{name: X}))[0], kw[name])
         _close(grads["d" + name], fd, rtol=2e-6)
 
 
@@ -469,7 +459,7 @@ def test_vjps_are_the_explicit_gradients():
     assert set(CC.vjp_crpl_loss(kw_c, cot)) == {"dT_S", "dT_T"}
     # target loss: d(cot L_T)/dT_T by finite differences
     tk = dict(z=kw["z_tgt"], T_T=kw["T_T"], p=kw["p"])
-    fd = _fd(lambda X: R.crpl_target_loss(**dict(tk, T_T=X))[0], kw["T_T"])
+    fd = fd_grad(lambda X: R.crpl_target_loss(**dict(tk, T_T=X))[0], kw["T_T"])
     _close(CC.vjp_crpl_target_loss(tk, cot)["dT_T"], 0.7 * fd, rtol=2e-6)
     lk = dict(logits=np.random.default_rng(1).normal(size=(4, 3)), p=np.full((4, 3), 1 / 3))
     np.testing.assert_allclose(CC.vjp_soft_cross_entropy(lk, cot)["dlogits"],

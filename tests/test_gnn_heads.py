@@ -20,7 +20,7 @@ from refimpl._gnn_heads import (
     fuse_vjp,
     silhouette_score_np,
 )
-from tests.finite_diff import fd_grad
+from finite_diff import fd_grad
 
 MODES = ("global", "concat", "semantic", "node")
 

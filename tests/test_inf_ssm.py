@@ -15,6 +15,7 @@ from scipy import linalg as sla
 
 from refimpl import inf_ssm as R
 from refimpl._cases import inf_ssm as K
+from finite_diff import fd_grad
 
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
 
@@ -29,14 +30,7 @@ def _code_system(rng, lead, n):
 
 def _fd(f, args, k, h=1e-6):
     """Central differences of the scalar ``f(*args)`` w.r.t. ``args[k]``."""
-    g = np.zeros_like(args[k])
-    for idx in np.ndindex(args[k].shape):
-        p = [x.copy() for x in args]
-        m = [x.copy() for x in args]
-        p[k][idx] += h
-        m[k][idx] -= h
-        g[idx] = (f(*p) - f(*m)) / (2 * h)
-    return g
+    return fd_grad(lambda x: f(*args[:k], x, *args[k + 1:]), args[k], h)
 
 
 # --------------------------------------------------------------------------- API
