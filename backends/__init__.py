@@ -11,8 +11,9 @@ order, keyword names and defaults as the reference) and this small protocol, whi
 cross-check, ``refimpl check``/``bench`` and asv use:
 
 ``NAME``                   the backend's name
-``DTYPES``                 dtype names the backend can hold ("float32", "float64"; torch also
-                           "bfloat16", run for the ops whose registry entry lists it)
+``DTYPES``                 dtype names the backend can hold ("float32", "float64"; torch, and
+                           CuPy/Numba with ``ml_dtypes``, also "bfloat16", run for the ops
+                           whose registry entry lists it)
 ``asarray(a)``             NumPy array -> native array on the backend's device, dtype kept
                            (backends offering "bfloat16" take ``asarray(a, dtype="bfloat16")``)
 ``to_numpy(x)``            native array -> NumPy array (an explicit device-to-host copy)

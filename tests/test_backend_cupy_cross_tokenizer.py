@@ -68,7 +68,8 @@ def test_signatures_and_exports_match_the_reference():
 
     for name in FUNCS:
         assert inspect.signature(getattr(C, name)) == inspect.signature(getattr(ref, name)), name
-        assert getattr(bk, name) is getattr(C, name) and name in bk.__all__
+        fn = getattr(bk, name)                 # bf16 ops: wrapped by backends._bf16
+        assert getattr(fn, "__wrapped__", fn) is getattr(C, name) and name in bk.__all__
     assert set(C.__all__) == set(FUNCS)
     for name in ("span_align", "cma_align", "dwa_kd_loss"):     # not offered (see docstring)
         assert not hasattr(bk, name)
@@ -312,13 +313,6 @@ def test_emulated_dtw_prefix_and_mask_gather_the_right_blocks(emu):
                                        kappa=0.5, rho=3.0)
         for g, w_ in zip(got, want):
             np.testing.assert_allclose(g, w_, rtol=1e-10, atol=1e-10)
-
-
-def test_emulated_bfloat16_is_refused(emu):
-    bf16 = pytest.importorskip("ml_dtypes", reason="ml_dtypes is not installed").bfloat16
-    z = np.zeros((2, 5), dtype=bf16)
-    with pytest.raises(TypeError, match="z_s must have dtype float32 or float64, got bfloat16"):
-        emu.ct.kd_divergence(z, z)
 
 
 # =========================================================================== errors

@@ -36,20 +36,37 @@ from __future__ import annotations
 import cupy
 import numpy as np
 
+from backends import _bf16
 from refimpl import _validate
 
 NAME = "cupy"
-DTYPES = ("float32", "float64")
+#: bfloat16 (``ml_dtypes.bfloat16`` arrays, CuPy >= 14) through the float32 kernels: backends._bf16
+_BF16 = _bf16.AVAILABLE and int(cupy.__version__.split(".")[0]) >= 14
+DTYPES = ("float32", "float64") + (("bfloat16",) if _BF16 else ())
 
 
-def asarray(a) -> cupy.ndarray:
-    """A NumPy array (or scalar) as a CuPy array on the current device, dtype kept (a copy)."""
-    return cupy.asarray(a)
+def asarray(a, dtype=None) -> cupy.ndarray:
+    """A NumPy array (or scalar) as a CuPy array on the current device (a copy), dtype kept or
+    cast on the host to ``dtype`` (e.g. ``"bfloat16"``)."""
+    return cupy.asarray(_bf16.host_cast(a, dtype))
 
 
 def to_numpy(x) -> np.ndarray:
-    """A CuPy array as a NumPy array (an explicit device-to-host copy)."""
-    return cupy.asnumpy(x)
+    """A CuPy array as a NumPy array (an explicit device-to-host copy); bfloat16 comes back as
+    float32 (exactly)."""
+    return _bf16.host_float(cupy.asnumpy(x))
+
+
+def _is_bf16(x) -> bool:
+    return isinstance(x, cupy.ndarray) and _bf16.is_bf16_dtype(x.dtype)
+
+
+def _bf16_up(x):
+    return x.astype(cupy.float32)
+
+
+def _bf16_down(x):
+    return x.astype(_bf16.ml_dtypes.bfloat16)
 
 
 def is_native(x) -> bool:
@@ -170,3 +187,6 @@ __all__ = [
     "soft_cross_entropy_grad", "ot_cluster_loss", "crpl_target_loss", "crpl_loss", "crpl_loss_grad",
     "clip_pseudo_labels", "target_accuracy",
 ]
+
+if _BF16:
+    _bf16.install(globals(), _is_bf16, _bf16_up, _bf16_down)

@@ -46,8 +46,8 @@ n x n matrices. :func:`logits_sam_dpo` runs sweeps A, B, A' only.
 
 Dtypes: every GEMM, kernel and reduction computes in the input dtype (float32 or float64);
 ``ref_logp`` is cast to it. Results are CuPy arrays of the input dtype, scalars as 0-d arrays
-(``loss``, ``loss_pre``, ``loss_post``, ``grad_norm``). bfloat16 is refused (the backend's
-``DTYPES``). float32 accuracy assumes CuPy's default full-precision GEMMs (``CUPY_TF32``
+(``loss``, ``loss_pre``, ``loss_post``, ``grad_norm``). bfloat16 inputs reach these functions
+as float32 copies (:mod:`backends._bf16`, installed by the package). float32 accuracy assumes CuPy's default full-precision GEMMs (``CUPY_TF32``
 unset).
 
 Kernels (``_kernels.py``, module ``preference``): ``pref_lse_block`` and ``pref_grad_block``,
@@ -91,7 +91,7 @@ class _HostCopy:
 
 
 def _float_dtype(**arrays) -> None:
-    """This backend computes in float32 or float64 only (the validators also admit bf16)."""
+    """These functions compute in float32 or float64 (bf16 arrives upcast: backends._bf16)."""
     for name, x in arrays.items():
         if x is not None:
             V.float_array(x, name)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _bf16
 from . import _kernels as K
 from .causal_discrete import (ci_test_batch, discrete_score_plugin,  # noqa: F401
                               gsm_marginal_loss, leaf_statistic, stein_hessian_diag)
@@ -106,17 +107,20 @@ __all__ = [
 ]
 
 NAME = "numba_cuda"
-DTYPES = ("float32", "float64")
+#: bfloat16 (``ml_dtypes.bfloat16`` arrays) through the float32 kernels: :mod:`backends._bf16`
+DTYPES = ("float32", "float64") + (("bfloat16",) if _bf16.AVAILABLE else ())
 
 
-def asarray(a):
-    """A NumPy array as a Numba device array (an explicit host-to-device copy), dtype kept."""
-    return K.upload(np.asarray(a))
+def asarray(a, dtype=None):
+    """A NumPy array as a Numba device array (an explicit host-to-device copy), dtype kept or
+    cast on the host to ``dtype`` (e.g. ``"bfloat16"``, an ``ml_dtypes`` dtype)."""
+    return K.upload(_bf16.host_cast(a, dtype))
 
 
 def to_numpy(x) -> np.ndarray:
-    """A native array as a NumPy array (an explicit device-to-host copy)."""
-    return K.to_numpy(x)
+    """A native array as a NumPy array (an explicit device-to-host copy); bfloat16 comes back
+    as float32 (exactly)."""
+    return _bf16.host_float(K.to_numpy(x))
 
 
 def is_native(x) -> bool:
@@ -164,3 +168,6 @@ def describe() -> str:
     name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
     cc = ".".join(str(c) for c in dev.compute_capability)
     return f"numba-cuda {version}, {name} (cc {cc})"
+
+
+_bf16.install(globals(), K.is_bf16, K.bf16_to_float32, K.float32_to_bf16)

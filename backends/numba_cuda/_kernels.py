@@ -109,7 +109,7 @@ import sys
 import weakref
 
 import numpy as np
-from numba import cuda, float32, float64, int64  # noqa: F401 (types used in kernels)
+from numba import cuda, float32, float64, int64, uint16, uint32  # noqa: F401 (kernel types)
 
 from refimpl import _validate
 
@@ -172,6 +172,9 @@ def simulator() -> bool:
 # layout ([:, :]) so any strides are accepted; arrays this backend allocates are C-contiguous.
 _SIGNATURES = {
     "fill1d": "void({T}[::1], {T})",
+    # bfloat16 <-> float32 by their bits (the same kernel in both dtypes' sets; backends._bf16)
+    "bf16_up": "void(uint16[::1], uint32[::1])",
+    "bf16_down": "void(uint32[::1], uint16[::1])",
     "sdtw_forward": "void({T}[:, :, :], {T}[:, :, :], {T}[:, :, :], int64[:, ::1], {T}[::1], "
                     "float64[::1], float64[::1], {T}[::1], {T}, int64, int64, int64)",
     "sdtw_backward": "void({T}[:, :, ::1], {T}[:, :, ::1], {T}[:, :, ::1], int64[:, ::1], "
@@ -767,6 +770,38 @@ def to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
+# --------------------------------------------------------------------------- bfloat16
+
+
+def is_bf16(x) -> bool:
+    """Whether ``x`` is a native bfloat16 array (``ml_dtypes.bfloat16``; backends._bf16)."""
+    return x is not None and is_native(x) and str(getattr(x, "dtype", "")) == "bfloat16"
+
+
+def _bits(x, what: str):
+    """The flat bit view (``uint16``/``uint32``) of a C-contiguous device array."""
+    x = device(x)
+    if not (x.is_c_contiguous() if hasattr(x, "is_c_contiguous") else x.flags["C_CONTIGUOUS"]):
+        raise ValueError(f"bfloat16 {what} arrays must be C-contiguous on this backend")
+    return x.reshape(-1).view(np.uint16 if str(x.dtype) == "bfloat16" else np.uint32)
+
+
+def bf16_to_float32(x):
+    """A float32 device copy of a bfloat16 array (exact), returned as the input's kind."""
+    out = empty(x.shape, "float32")
+    launch_grid_stride("bf16_up", "float32", out.size, _bits(x, "input"), _bits(out, "output"))
+    return wrap(out, x)
+
+
+def float32_to_bf16(x):
+    """A bfloat16 device copy of a float32 array (round to nearest even), as the input's kind."""
+    from ml_dtypes import bfloat16
+
+    out = empty(x.shape, bfloat16)
+    launch_grid_stride("bf16_down", "float32", out.size, _bits(x, "float32"), _bits(out, "output"))
+    return wrap(out, x)
+
+
 def lift3(x):
     """A (1, n, m) view of a 2-D device array; 3-D arrays are returned unchanged."""
     if x is None or len(x.shape) == 3:
@@ -1067,6 +1102,26 @@ def _build(dtype: str) -> dict:
         i = cuda.grid(1)
         if i < out.shape[0]:
             out[i] = value
+
+    def bf16_up(src, dst):
+        """float32 bits of bfloat16 bits: the 16 bits moved up (exact)."""
+        i = cuda.grid(1)
+        while i < src.shape[0]:
+            dst[i] = uint32(src[i]) << uint32(16)
+            i += cuda.gridsize(1)
+
+    def bf16_down(src, dst):
+        """bfloat16 bits of float32 bits, rounded to nearest even (overflow to +-inf; a NaN
+        stays a quiet NaN)."""
+        i = cuda.grid(1)
+        while i < src.shape[0]:
+            b = src[i]
+            if (b & uint32(0x7FFFFFFF)) > uint32(0x7F800000):
+                dst[i] = uint16((b >> uint32(16)) | uint32(0x40))
+            else:
+                dst[i] = uint16((b + uint32(0x7FFF) + ((b >> uint32(16)) & uint32(1)))
+                                >> uint32(16))
+            i += cuda.gridsize(1)
 
     def sdtw_forward(C0, C1, C2, jobs, Rt, offs, vals, live, gamma, slot, use_shared, nbatch):
         job = cuda.blockIdx.x
@@ -5538,6 +5593,8 @@ def _build(dtype: str) -> dict:
     return {
         "__tile__": TS,
         "fill1d": fill1d,
+        "bf16_up": bf16_up,
+        "bf16_down": bf16_down,
         "sdtw_forward": sdtw_forward,
         "sdtw_backward": sdtw_backward,
         "sdtw_combine": sdtw_combine,

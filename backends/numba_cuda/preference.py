@@ -45,8 +45,8 @@ block, and no result is: losses, ``grad_norm`` and the SAM scale stay on the dev
 Dtypes: every kernel computes in the dtype of the inputs (float32 or float64, one signature
 each; float32 kernels do no float64 arithmetic). Results have the input dtype; scalars (losses,
 ``grad_norm``) are 0-d device arrays, as the OT ops return them, and all outputs come back as
-the array kind of the leading input (``H``, or ``logp`` for the DPO-only functions). No
-bfloat16: numba-cuda has no bf16 arrays (NVIDIA/numba-cuda#198).
+the array kind of the leading input (``H``, or ``logp`` for the DPO-only functions). bfloat16
+inputs reach these functions as float32 copies (:mod:`backends._bf16`, installed by the package).
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ class _Head:
                  paired=True):
         K.native(H=H, W=W, labels=labels, mask=mask, b=b)
         for name, x in (("H", H), ("W", W), ("b", b)):
-            if x is not None:   # no bfloat16 here (numba-cuda has no bf16 arrays)
+            if x is not None:   # bfloat16 arrives upcast (backends._bf16)
                 V.float_array(K.meta(x), name)
         host = {}
 

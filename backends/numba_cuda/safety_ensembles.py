@@ -6,7 +6,7 @@ the stream. float32 or float64, one dtype per call; results have the input dtype
 (``loss``, ``LD``, ``d_raw``, ``lam_new``, ``lam_raw``) are 0-d device arrays (views of a small
 result array), except :func:`ibdr_dual_update`, which returns a Python float (``lam`` is a host
 hyperparameter of the optimiser; a 0-d ``distance`` array is read once). ``n_tok`` is an int64
-device array. No bfloat16 (numba-cuda has no bf16 arrays).
+device array. bfloat16 (the token CE ops) arrives upcast to float32 (:mod:`backends._bf16`).
 
 Kernels (``se_*`` in :mod:`._kernels`, one signature per dtype in ``_SIGNATURES``):
 
