@@ -781,7 +781,7 @@ def is_bf16(x) -> bool:
 def _bits(x, what: str):
     """The flat bit view (``uint16``/``uint32``) of a C-contiguous device array."""
     x = device(x)
-    if not (x.is_c_contiguous() if hasattr(x, "is_c_contiguous") else x.flags["C_CONTIGUOUS"]):
+    if not x.is_c_contiguous():
         raise ValueError(f"bfloat16 {what} arrays must be C-contiguous on this backend")
     return x.reshape(-1).view(np.uint16 if str(x.dtype) == "bfloat16" else np.uint32)
 
