@@ -9,7 +9,10 @@ bf16 arrays at the boundary.
 * every registry op that lists bfloat16 through ``refimpl._harness.check_case`` (registry
   tolerances): every ``tiny`` case on the CuPy emulator (``tests/cuda_emulator.py``), the first
   on the Numba simulator (``refimpl check`` runs them all there), with the output dtypes of
-  the rule.
+  the rule;
+* on both, the preference spec's bf16 acceptance check of logits-SAM (sec. 11 item 6): the
+  perturbation's effect on the loss survives, which a bf16 ``W + eps`` would not (0.0004 vs
+  0.0029 on the case used).
 
 On a GPU the same ops run in ``tests/test_crosscheck.py`` (the backend's ``DTYPES`` lists
 bfloat16); CuPy's own bf16 casts (CuPy >= 14) are exercised only there.
@@ -165,6 +168,30 @@ def _dtypes_of_outputs(bk, up):
     assert (str(div.dtype), str(dz.dtype)) == ("float32", "bfloat16")
 
 
+def _sam_step_survives_bf16(bk, up):
+    """Spec sec. 11 item 6: on bf16 H, W, b, ``loss_post - loss_pre`` agrees to 20% with the
+    float64 reference on the same values, where ``rho ||g_W|| >= 1e-3`` and a bf16 ``W + eps``
+    would lose most of the perturbation (the backend forms it in float32)."""
+    from refimpl import preference as ref
+    from refimpl._cases import preference as pf
+
+    rng = np.random.default_rng(14)
+    H, W, b, labels, mask = pf.head_inputs(rng, 2, 8, 16, 67)
+    H, W, b = (Hn.bf16_round(x) for x in (H, W, b))
+    refl = pf._ref_logp(rng, H, W, b, labels, mask, False)
+    beta, rho = 0.5, 1e-3
+    o64 = ref.logits_sam_dpo_grad(H, W, labels, mask, refl, beta, rho, b)
+    assert rho * o64["grad_norm"] >= 1e-3
+    lost = Hn.bf16_round(W + o64["eps_W"]) == W
+    assert lost.mean() > 0.5
+    dev = [bk.asarray(x, dtype="bfloat16") for x in (H, W, b)]
+    o16 = bk.logits_sam_dpo_grad(dev[0], dev[1], up(labels), up(mask), bk.asarray(refl),
+                                 beta, rho, dev[2])
+    d64 = o64["loss_post"] - o64["loss_pre"]
+    d16 = float(bk.to_numpy(o16["loss_post"])) - float(bk.to_numpy(o16["loss_pre"]))
+    assert abs(d16 - d64) <= 0.2 * abs(d64), (d16, d64)
+
+
 def test_numba_registry_tiny_cases_in_bfloat16():
     from numba_sim import SIM
 
@@ -176,6 +203,7 @@ def test_numba_registry_tiny_cases_in_bfloat16():
     assert "bfloat16" in bk.DTYPES
     _check_all(bk, per_op=1)          # refimpl check (CI) runs all of them in the simulator
     _dtypes_of_outputs(bk, bk.asarray)
+    _sam_step_survives_bf16(bk, bk.asarray)
 
 
 # =========================================================================== CuPy (emulator)
@@ -210,3 +238,4 @@ def test_cupy_registry_tiny_cases_in_bfloat16(emulator, monkeypatch):
     assert K.kernel_name("pref_lse_block", "float32") in launched          # the float32 path
     assert not any(k.endswith("_f64") for k in launched)
     _dtypes_of_outputs(package, np.asarray)
+    _sam_step_survives_bf16(package, np.asarray)
