@@ -97,6 +97,34 @@ def test_sim_kd_edge_cases(nb):
         assert tuple(got[0].shape) == () and tuple(got[1].shape) == (6,)
         for g, w in zip(got, want):
             _close(_h(nb, g), w)
+    # the tail cut falls inside a group of equal q (index order decides: 3 of the 8 zeros,
+    # cumsum 0.3 <= 0.35), and on 300-entry rows at several alpha (every key bit searched);
+    # float32 as well (its keys leave the low 29 fraction bits unset)
+    zt = np.concatenate([np.zeros(8), [np.log(2.0)]])
+    zs = rng.normal(size=9)
+    want = R.kd_divergence_grad(zs, zt, kind="adaptive_kl", adaptive_alpha=0.35, tau=1.0)
+    got = nb.kd_divergence_grad(_d(nb, zs), _d(nb, zt), kind="adaptive_kl",
+                                adaptive_alpha=0.35, tau=1.0)
+    for g, w in zip(got, want):
+        _close(_h(nb, g), w)
+    # float32: q = (0.4 + 5 ulps, 0.4, 0.2), the cut between the first two (equal keys would
+    # put index 0 first; their keys differ in bits 29..33 only)
+    zt = np.array([np.log(2.0) + 2.4e-7, np.log(2.0), 0.0], dtype=np.float32)
+    zs = rng.normal(size=3)
+    want = R.kd_divergence_grad(zs.astype(np.float32), zt, kind="adaptive_kl",
+                                adaptive_alpha=0.65, tau=1.0)
+    got = nb.kd_divergence_grad(_d(nb, zs, "float32"), _d(nb, zt, "float32"),
+                                kind="adaptive_kl", adaptive_alpha=0.65, tau=1.0)
+    for g, w in zip(got, want):
+        _close(_h(nb, g), w, rtol=1e-5, atol=1e-6)
+    zs, zt = 2.0 * rng.normal(size=(2, 2, 300))
+    for alpha, dt, tol in ((0.02, "float64", 1e-10), (0.5, "float64", 1e-10),
+                           (0.97, "float64", 1e-10), (0.5, "float32", 1e-5)):
+        want = R.kd_divergence_grad(zs, zt, kind="adaptive_kl", adaptive_alpha=alpha, tau=2.0)
+        got = nb.kd_divergence_grad(_d(nb, zs, dt), _d(nb, zt, dt), kind="adaptive_kl",
+                                    adaptive_alpha=alpha, tau=2.0)
+        for g, w in zip(got, want):
+            _close(_h(nb, g), w, rtol=tol, atol=tol)
     z4s, z4t = rng.normal(size=(2, 1, 2, 5)), rng.normal(size=(2, 1, 2, 5))
     want = R.kd_divergence_grad(z4s, z4t, kind="skewed_forward_kl", skew=0.4,
                                 use_tea_temp=True, tea_temp=0.7)

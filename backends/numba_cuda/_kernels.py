@@ -41,7 +41,7 @@ Preference family (``preference.md`` sec. 8; ``pref_*`` kernels, correctness fir
 Cross-tokenizer family (``cross_tokenizer.md`` secs. 3-5, 8-10; ``ct_*`` kernels, correctness
 first): ``ct_kd`` is one block per logit row (online LSE of both softmaxes through
 ``lse_push``/``lse_merge``, the divergence terms, ``<p, g>`` and ``dz``; adaptive_kl finds the
-sorted cumsum by a rank scan, O(V^2) per row); ``ct_rowstat``/``ct_rownorm`` the DWA-KD token
+end of the sorted-cumsum tail bit by bit, ``akl_cut``); ``ct_rowstat``/``ct_rownorm`` the DWA-KD token
 weights and gate; ``ct_band`` the soft band (one block per row); ``ct_gather_rows``,
 ``ct_gather_block``, ``ct_scatter_rows`` and ``ct_sum`` wrap the Soft-DTW divergence of
 ``dwa_dtw_loss``; ``ct_span_sum`` (atomics), ``ct_span_scale``, ``ct_span_weights`` the CTPD
@@ -2012,14 +2012,69 @@ def _build(dtype: str) -> dict:
         return HALF * (math.log(p + EPS9) + p / (p + EPS9) - math.log(m + EPS9)
                        - (p + q) / (TWO * (m + EPS9)))
 
+    KEY_LOW = 29 if dtype == "float32" else 0   # q_key's fraction bits a float32 never sets
+    KEY_SCALE = DT(2.0 ** (53 - KEY_LOW))        # frexp's fraction times this is an integer
+
+    @cuda.jit(device=True, inline="always")
+    def q_key(q):
+        """An int64 that orders as the probability ``q >= 0`` does: 0 for q = 0, else the
+        IEEE-754 layout of q (biased exponent above the 52-bit fraction) rebuilt from
+        ``frexp`` (subnormals normalised), the same for float32 and float64 q."""
+        if q == ZERO:
+            return int64(0)
+        m, e = math.frexp(q)
+        return ((int64(e) + int64(1075)) * int64(4503599627370496)
+                + ((int64(m * KEY_SCALE) << KEY_LOW) - int64(4503599627370496)))
+
+    @cuda.jit(device=True, inline="always")
+    def akl_mass(zt, i, nv, tau, tt, mxt, lst, ka, kb, red, t, nt):
+        """Block-wide ``sum q_w`` over the entries w of row i with ``(q_key(q_w), w) <=
+        (ka, kb)``; every thread must call it."""
+        s = ZERO
+        for w in range(t, nv, nt):
+            qw = math.exp((zt[i, w] / tau / tt - mxt) - lst)
+            kw = q_key(qw)
+            if kw < ka or (kw == ka and w <= kb):
+                s += qw
+        return block_sum(red, t, nt, s)
+
+    @cuda.jit(device=True, inline="always")
+    def akl_cut(zt, i, nv, tau, tt, mxt, lst, alpha, red, t, nt):
+        """The adaptive-KL tail of row i: the largest ``(key, index)`` (lexicographic, the
+        order of a stable ascending sort of q) whose mass ``akl_mass`` is <= alpha, built bit
+        by bit (the key bits that can be set, 63 in float64 and 34 in float32, then the index
+        bits: a fixed number of passes over the row instead of a sort), or
+        (-1, -1) when not even the first entry fits. The mass is summed in index order, not
+        in sorted order: an entry within rounding of alpha may fall on the other side than in
+        the reference. Every thread must call it."""
+        ka = int64(0)
+        kb = int64(0)
+        if akl_mass(zt, i, nv, tau, tt, mxt, lst, ka, kb, red, t, nt) > alpha:
+            return int64(-1), int64(-1)
+        bit = int64(62)
+        while bit >= KEY_LOW:
+            ya = ka | (int64(1) << bit)
+            if akl_mass(zt, i, nv, tau, tt, mxt, lst, ya, int64(0), red, t, nt) <= alpha:
+                ka = ya
+            bit -= 1
+        bit = int64(0)
+        while (int64(1) << (bit + 1)) <= nv - 1:
+            bit += 1
+        while bit >= 0:
+            yb = kb | (int64(1) << bit)
+            if akl_mass(zt, i, nv, tau, tt, mxt, lst, ka, yb, red, t, nt) <= alpha:
+                kb = yb
+            bit -= 1
+        return ka, kb
+
     def ct_kd(zs, zt, div, dz, tau, tt, skew, alpha, kind, need_grad):
         """Per-row KD divergence (and its gradient w.r.t. z_s), one block per row of (rows, V):
         ``p = softmax(z_s / tau)``, ``q = softmax(z_t / tau / tt)`` from online (max, sum)
         pairs; kind 0 fkl, 1 rkl, 2 skewed fkl, 3 skewed rkl, 4 js, 5 adaptive. An entry whose
         scaled logit is infinite adds 0 (student's for fkl, either for the others). Adaptive:
-        the stable-ascending-sort cumsum of q at entry v is ``q_v + sum q_w`` over the w
-        before v in (q, index) order, found by a rank scan (O(V^2) per row, no sort, no cap).
-        Gradient (``need_grad``): ``dz = p (g - <p, g>) / tau``, fkl ``(p - q) / tau``."""
+        the tail (stable-ascending-sort cumsum of q <= alpha) is every entry up to the cut of
+        :func:`akl_cut` in (q, index) order. Gradient (``need_grad``):
+        ``dz = p (g - <p, g>) / tau``, fkl ``(p - q) / tau``."""
         rm = cuda.shared.array(MAXT, dtype=NB)
         rs = cuda.shared.array(MAXT, dtype=NB)
         red = cuda.shared.array(MAXT, dtype=NB)
@@ -2039,17 +2094,14 @@ def _build(dtype: str) -> dict:
         wh = ZERO
         wt = ZERO
         if kind == 5:
+            ka, kb = akl_cut(zt, i, nv, tau, tt, mxt, lst, alpha, red, t, nt)
             gh = ZERO
             gl = ZERO
             for v in range(t, nv, nt):
                 qv = math.exp((zt[i, v] / tau / tt - mxt) - lst)
                 pv = math.exp((zs[i, v] / tau - mxs) - lss)
-                c = qv
-                for w in range(nv):
-                    qw = math.exp((zt[i, w] / tau / tt - mxt) - lst)
-                    if qw < qv or (qw == qv and w < v):
-                        c += qw
-                if c <= alpha:
+                kv = q_key(qv)
+                if kv < ka or (kv == ka and v <= kb):
                     gl += abs(qv - pv)
                 else:
                     gh += abs(qv - pv)

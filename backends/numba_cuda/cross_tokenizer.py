@@ -15,12 +15,14 @@ Kernels (``ct_*`` in :mod:`._kernels`, correctness first):
   sums the divergence terms (an entry with an infinite scaled logit adds 0: the student's for
   forward_kl, either for the others, as the reference) and ``<p, g>``, and a last sweep
   writes ``dz = p (g - <p, g>) / tau`` (forward_kl: ``(p - q) / tau``); nothing rows x V is
-  stored besides ``dz``. ``adaptive_kl`` needs the cumsum of q in stable ascending order:
-  instead of a sort, the block finds for each entry v ``q_v + sum q_w`` over the w that a
-  stable sort puts before v (``q_w < q_v``, or equal with ``w < v``): exact for every V (no
-  cap, no shared-memory sort), O(V^2) exps per row. The sum is taken in index order rather
-  than in sorted order, so an entry whose cumsum lies within rounding of ``adaptive_alpha``
-  may fall on the other side than in the reference.
+  stored besides ``dz``. ``adaptive_kl`` needs the cumsum of q in stable ascending order,
+  whose entries up to ``adaptive_alpha`` form the tail: instead of a sort, the block finds the
+  last tail entry in (q, index) order bit by bit (an integer key that orders as q, then the
+  index; each bit one pass summing q over the entries at or below the candidate): 63 + log2 V
+  passes per row in float64, 34 + log2 V in float32, for any V (no cap, no shared-memory
+  sort). The sums are taken in index order rather than in sorted order, so an entry whose
+  cumsum lies within rounding of ``adaptive_alpha`` may fall on the other side than in the
+  reference.
 - ``entropy_weights``/``certainty_weights``/``kd_gate``: ``ct_rowstat`` (one block per
   position: online LSE, entropy / certainty / max-probability) and ``ct_rownorm`` (one block
   per row: ``n_row w mu / (sum w mu + 1e-9)``).
