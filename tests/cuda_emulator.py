@@ -257,6 +257,15 @@ class _NumpyAsCupy(types.ModuleType):
     def asnumpy(x):
         return np.asarray(x)
 
+    @staticmethod
+    def argsort(a, axis=-1, kind=None):
+        """CuPy sorts stably whatever ``kind`` says (NumPy's default is not stable)."""
+        return np.argsort(a, axis=axis, kind="stable")
+
+    @staticmethod
+    def sort(a, axis=-1, kind=None):
+        return np.sort(a, axis=axis, kind="stable")
+
 
 _PROBE = r'''
 #include <ucontext.h>

@@ -27,9 +27,9 @@ Structure:
   ``adaptive_kl``: the detached weights ``(g_head, g_tail) / max(g_head + g_tail, 1e-9)``
   need q sorted per row: they are computed in CuPy (softmaxes, ``argsort`` along the
   vocabulary, ``cumsum``; O(rows V) workspace) and passed to the same kernel, which combines
-  the fkl and rkl sums and gradients. CuPy's ``argsort`` is not documented as stable: rows with
-  tied teacher probabilities may order the ties differently from NumPy's stable sort (only
-  the gap sums of tied entries with different p can change).
+  the fkl and rkl sums and gradients. CuPy's ``argsort`` is a stable sort (documented so, and
+  thrust's ``stable_sort_by_key`` underneath), so tied teacher probabilities keep index order
+  as in the reference's stable NumPy sort.
 - ``entropy_weights`` / ``certainty_weights`` / ``kd_gate``: kernel ``ct_row_stat`` (same
   row layout; entropy ``-sum p log(p + 1e-9)`` or ``max p = exp(max z - lse)``), then the
   per-row normalisation, clip and ramp as CuPy elementwise ops and reductions.
