@@ -10,6 +10,7 @@ import types
 import numpy as np
 import pytest
 
+from finite_diff import central
 from refimpl import preference as P
 from refimpl._cases import preference as C
 
@@ -46,10 +47,6 @@ def away_from_hinge(kw, loss_type):
 def logits(kw, W=None):
     Z = kw["H"] @ (kw["W"] if W is None else W).T
     return Z if kw.get("b") is None else Z + kw["b"]
-
-
-def central(f, x, E, h=1e-6):
-    return (f(x + h * E) - f(x - h * E)) / (2 * h)
 
 
 # --------------------------------------------------------------------------- 1. logits gradient
