@@ -41,8 +41,8 @@ Preference family (``preference.md`` sec. 8; ``pref_*`` kernels, correctness fir
 Cross-tokenizer family (``cross_tokenizer.md`` secs. 3-5, 8-10; ``ct_*`` kernels, correctness
 first): ``ct_kd`` is one block per logit row (online LSE of both softmaxes through
 ``lse_push``/``lse_merge``, the divergence terms, ``<p, g>`` and ``dz``; adaptive_kl finds the
-end of the sorted-cumsum tail bit by bit, ``akl_cut``); ``ct_rowstat``/``ct_rownorm`` the DWA-KD token
-weights and gate; ``ct_band`` the soft band (one block per row); ``ct_gather_rows``,
+end of the sorted-cumsum tail bit by bit, ``akl_cut``); ``ct_rowstat``/``ct_rownorm`` the DWA-KD
+token weights and gate; ``ct_band`` the soft band (one block per row); ``ct_gather_rows``,
 ``ct_gather_block``, ``ct_scatter_rows`` and ``ct_sum`` wrap the Soft-DTW divergence of
 ``dwa_dtw_loss``; ``ct_span_sum`` (atomics), ``ct_span_scale``, ``ct_span_weights`` the CTPD
 spans; ``ct_ctpd_rows``/``ct_row_scale`` and ``ct_tis_tok``/``ct_tis_rows``/``ct_tis_grad``
