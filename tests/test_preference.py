@@ -556,8 +556,10 @@ def test_trl_dpo_loss_peer(loss_type, eps):
 
 def test_squeezing_demo_shows_the_effect(tmp_path, monkeypatch):
     """A shortened run of ``refimpl demo squeezing``: plain DPO's mean chosen log-prob rises
-    then ends below its start, the rejected token is pushed down, the argmax gains mass; the
-    first-order identity holds; the plot and the JSON are written."""
+    then ends below its start, the rejected token is pushed down, the argmax gains mass;
+    logits-SAM rho = 10 ends with a higher chosen log-prob on separate contexts (beyond two
+    standard errors) but not on near-identical ones; the first-order identity holds; the plot
+    and the JSON are written."""
     pytest.importorskip("matplotlib")
     from refimpl.demos import squeezing as demo
 
@@ -573,8 +575,10 @@ def test_squeezing_demo_shows_the_effect(tmp_path, monkeypatch):
     curves = out["curves"]["DPO"]
     assert curves["rejected_mean"][-1] < curves["rejected_mean"][0] - 5   # DPO pushes y- down
     assert curves["argmax_mass_mean"][-1] > curves["argmax_mass_mean"][0]  # mass to the argmax
-    assert out["verdicts"]["head-only logits-SAM rho=2.0"]["baseline"] == "head-only DPO"
-    assert out["verdicts"]["full SAM rho=2.0"]["baseline"] == "DPO"
+    damped = out["verdicts"]["logits-SAM rho=10"]
+    assert damped["baseline"] == "DPO" and damped["damps"] and damped["final_chosen_minus_dpo"] > 0.3
+    near = out["verdicts"]["logits-SAM rho=10, near-identical contexts"]
+    assert near["baseline"] == "DPO, near-identical contexts" and not near["damps"]
 
 
 def test_squeezing_demo_gradients_are_the_chain_rule():
@@ -605,7 +609,7 @@ def test_squeezing_demo_gradients_are_the_chain_rule():
 
 def test_squeezing_demo_head_only_logits_sam_is_sam():
     """With the body frozen, logits-SAM's head gradient is SAM's: the plain DPO gradient at
-    W + rho dW / ||dW||_F (the head-only pair of the demo compares SAM with DPO)."""
+    W + rho dW / ||dW||_F."""
     from refimpl.demos import squeezing as demo
 
     toy = demo.Toy(1)
@@ -614,3 +618,22 @@ def test_squeezing_demo_head_only_logits_sam_is_sam():
     _, sam_dW = toy.dpo_grads(A, W + rho * dW / np.linalg.norm(dW), 0.1)
     _, ls_dW = toy.logits_sam_grads(A, W, 0.1, rho)
     np.testing.assert_allclose(ls_dW, sam_dW, rtol=1e-12, atol=1e-15)
+
+
+def test_squeezing_demo_chosen_per_margin_is_the_directional_ratio():
+    """``chosen_per_margin`` after 0 and 5 steps: the ratio of the directional derivatives of
+    the mean chosen log-prob and of the mean margin along the probed update, against central
+    differences with a different step; the state after k steps is ``train``'s last record."""
+    from refimpl.demos import squeezing as demo
+
+    toy = demo.Toy(2)
+    for steps, probe in ((0, "dpo"), (5, "logits_sam")):
+        curve, (A, W) = demo.train(toy, "logits_sam", demo.BETA, 10.0, steps, record_every=1)
+        np.testing.assert_allclose(toy.record(A, W), curve[-1], rtol=0, atol=0)
+        dA, dW = toy.grads(A, W, probe, demo.BETA, 10.0)
+        h = 1e-6
+        d = (np.array(toy.record(A - h * dA, W - h * dW))
+             - np.array(toy.record(A + h * dA, W + h * dW))) / (2 * h)
+        want = d[0] / d[3]
+        got = demo.chosen_per_margin(toy, "logits_sam", probe, steps, 10.0)
+        assert abs(got - want) <= 2e-3 * abs(want), (steps, probe, got, want)
