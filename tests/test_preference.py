@@ -576,7 +576,8 @@ def test_squeezing_demo_shows_the_effect(tmp_path, monkeypatch):
     assert curves["rejected_mean"][-1] < curves["rejected_mean"][0] - 5   # DPO pushes y- down
     assert curves["argmax_mass_mean"][-1] > curves["argmax_mass_mean"][0]  # mass to the argmax
     damped = out["verdicts"]["logits-SAM rho=10"]
-    assert damped["baseline"] == "DPO" and damped["damps"] and damped["final_chosen_minus_dpo"] > 0.3
+    assert damped["baseline"] == "DPO" and damped["damps"]
+    assert damped["final_chosen_minus_dpo"] > 0.3
     near = out["verdicts"]["logits-SAM rho=10, near-identical contexts"]
     assert near["baseline"] == "DPO, near-identical contexts" and not near["damps"]
 
@@ -621,9 +622,10 @@ def test_squeezing_demo_head_only_logits_sam_is_sam():
 
 
 def test_squeezing_demo_chosen_per_margin_is_the_directional_ratio():
-    """``chosen_per_margin`` after 0 and 5 steps: the ratio of the directional derivatives of
-    the mean chosen log-prob and of the mean margin along the probed update, against central
-    differences with a different step; the state after k steps is ``train``'s last record."""
+    """``chosen_per_margin`` at the states after 0 and 5 steps: the ratio of the directional
+    derivatives of the mean chosen log-prob and of the mean margin along the probed update,
+    against central differences with a different step; the state after k steps is ``train``'s
+    last record."""
     from refimpl.demos import squeezing as demo
 
     toy = demo.Toy(2)
@@ -635,5 +637,5 @@ def test_squeezing_demo_chosen_per_margin_is_the_directional_ratio():
         d = (np.array(toy.record(A - h * dA, W - h * dW))
              - np.array(toy.record(A + h * dA, W + h * dW))) / (2 * h)
         want = d[0] / d[3]
-        got = demo.chosen_per_margin(toy, "logits_sam", probe, steps, 10.0)
+        got = demo.chosen_per_margin(toy, A, W, probe, 10.0)
         assert abs(got - want) <= 2e-3 * abs(want), (steps, probe, got, want)

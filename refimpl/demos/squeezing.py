@@ -150,12 +150,10 @@ def train(toy: Toy, method: str, beta: float, rho: float, steps: int | None = No
     return np.array(rows), (A, W)
 
 
-def chosen_per_margin(toy: Toy, walk: str, probe: str, steps: int, rho: float,
-                      e: float = 1e-4) -> float:
-    """Train ``steps`` updates of ``walk``, then take one update of ``probe`` scaled by ``e``:
-    the change of the mean chosen log-prob per unit of mean margin ``h`` gained (negative:
-    that step squeezes the chosen token at that state)."""
-    _, (A, W) = train(toy, walk, BETA, rho, steps, record_every=max(steps, 1))
+def chosen_per_margin(toy: Toy, A, W, probe: str, rho: float, e: float = 1e-4) -> float:
+    """At the state ``(A, W)``, take one update of ``probe`` scaled by ``e``: the change of the
+    mean chosen log-prob per unit of mean margin ``h`` gained (negative: that step squeezes the
+    chosen token at that state)."""
     dA, dW = toy.grads(A, W, probe, BETA, rho)
     (c0, _, _, h0), (c1, _, _, h1) = toy.record(A, W), toy.record(A - e * dA, W - e * dW)
     return float((c1 - c0) / (h1 - h0))
@@ -222,10 +220,11 @@ def run(outdir: pathlib.Path) -> dict:
             "equal_margin_chosen_minus_dpo": float(eq[reached].mean()) if reached.any() else None,
             "equal_margin_seeds": f"{int(reached.sum())}/{d.size}"}
     probes = {}
-    for walk in ("dpo", "logits_sam"):
+    for walk in ("dpo", "logits_sam"):                    # the states after PROBE_STEPS steps
+        states = [train(t, walk, BETA, PROBE_RHO, PROBE_STEPS, PROBE_STEPS)[1] for t in toys[None]]
         for probe in ("dpo", "logits_sam"):
-            r = np.array([chosen_per_margin(t, walk, probe, PROBE_STEPS, PROBE_RHO)
-                          for t in toys[None]])
+            r = np.array([chosen_per_margin(t, A, W, probe, PROBE_RHO)
+                          for t, (A, W) in zip(toys[None], states)])
             probes[f"{walk} state, {probe} step"] = [float(r.mean()),
                                                      float(r.std(ddof=1) / np.sqrt(r.size))]
     pred, exact = first_order_check()
